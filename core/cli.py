@@ -1,0 +1,350 @@
+"""Headless command line: ``python -m core <command>``.
+
+    ingest         read pool/target files into a project (formats detected per file)
+    demo           create the built-in demo project
+    features       estimate, then compute (in a background worker) and cache gradient features
+    status         rows, features and jobs of a project (``--json`` for machines)
+    dump-features  write pool.npy / targets.npy (raw projected float32) and their ids for other tools
+    jobs | cancel | resume | run-job   manage background jobs (run-job is what a worker process executes)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from core.config import FeatureSettings, LoraArguments, ProjectionArguments, WarmupArguments
+from core.store import Store
+
+
+def _store() -> Store:
+    return Store()
+
+
+def _settings_from_args(store: Store, args) -> FeatureSettings:
+    stored = store.project_settings(args.project) or {}
+    settings = FeatureSettings.from_dict(stored) if stored else FeatureSettings()
+    lora = settings.lora
+    lora = LoraArguments(
+        r=args.lora_r or lora.r,
+        alpha=args.lora_alpha or lora.alpha,
+        target_modules=tuple(args.lora_targets.split(",")) if args.lora_targets else lora.target_modules,
+        init_seed=lora.init_seed,
+    )
+    projection = settings.projection
+    projection = ProjectionArguments(
+        kind=args.proj_kind or projection.kind,
+        dim=args.proj_dim or projection.dim,
+        seed=projection.seed if args.proj_seed is None else args.proj_seed,
+        sparsity=args.proj_sparsity or projection.sparsity,
+    )
+    warmup = settings.warmup
+    changes = {}
+    if args.warmup_fraction is not None:
+        changes["fraction"] = args.warmup_fraction
+    if args.warmup_epochs is not None:
+        changes["epochs"] = args.warmup_epochs
+    if args.warmup_checkpoints:
+        changes["checkpoints"] = args.warmup_checkpoints
+    warmup = WarmupArguments(**{**asdict(warmup), **changes})
+    top = {}
+    for name in ("model", "max_tokens", "device", "batch_size", "chunk_rows", "chunk_seconds", "storage_dtype"):
+        value = getattr(args, name, None)
+        if value is not None:
+            top[name] = value
+    return settings.replace(lora=lora, projection=projection, warmup=warmup, **top)
+
+
+def cmd_ingest(args) -> int:
+    from core.ingest import ingest_files
+
+    store = _store()
+    if not args.pool and not args.targets:
+        print("error: give --pool FILE... and/or --targets FILE...", file=sys.stderr)
+        return 2
+    for role, paths in (("pool", args.pool), ("targets", args.targets)):
+        if not paths:
+            continue
+        result = ingest_files(store, args.project, role, paths, on_error=args.on_error, group_field=args.group_field)
+        for report in result.reports:
+            print(f"{role}: {report.file}: {report.rows} rows ({report.format}), {len(report.errors)} skipped")
+        for error in result.errors[:20]:
+            print(f"  skipped {error}")
+        if len(result.errors) > 20:
+            print(f"  ... and {len(result.errors) - 20} more (see `status --project {args.project}`)")
+    counts = store.row_counts(args.project)
+    print(f"project {args.project}: {counts['pool']} pool rows, {counts['targets']} target rows")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from core.demo import DEMO_PROJECT, write_demo_files
+    from core.ingest import ingest_files
+
+    store = _store()
+    project = args.project or DEMO_PROJECT
+    pool, targets = write_demo_files(store.root / "demo")
+    ingest_files(store, project, "pool", [pool])
+    ingest_files(store, project, "targets", [targets])
+    counts = store.row_counts(project)
+    print(f"demo project {project!r}: {counts['pool']} pool rows, {counts['targets']} target rows ({pool.parent})")
+    return 0
+
+
+def _bar(job_view, width: int = 30) -> str:
+    job = job_view.job
+    fraction = job.done / job.total if job.total else 0.0
+    filled = int(round(width * fraction))
+    rate = f"{job.rate:.2f} rows/s" if job.rate else "-- rows/s"
+    eta = f"ETA {job.eta_seconds:.0f} s" if job.eta_seconds is not None else "ETA --"
+    return f"[{'#' * filled}{'.' * (width - filled)}] {job.done}/{job.total} {rate} {eta} {job.phase or ''}"
+
+
+def watch(store: Store, job_id: str, stream=sys.stderr) -> int:
+    """Draw a progress bar until the job ends; Ctrl-C cancels it (finished chunks stay cached)."""
+    from core.jobs import ACTIVE, cancel, job_view
+
+    interactive = stream.isatty()
+    last_line = ""
+    try:
+        while True:
+            current = job_view(store, job_id)
+            line = _bar(current)
+            if line != last_line:
+                stream.write(("\r" + line.ljust(110)) if interactive else line + "\n")
+                stream.flush()
+                last_line = line
+            if current.status not in ACTIVE:
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        cancel(store, job_id)
+        stream.write("\ncancelling; finished chunks are kept, run the same command again to resume\n")
+        return 130
+    if interactive:
+        stream.write("\n")
+    job = current.job
+    if current.status == "done":
+        print(f"job {job_id} done: {job.message}")
+        return 0
+    print(f"job {job_id} {current.status}: {job.message or ''} (log: {store.root / 'jobs' / (job_id + '.log')})", file=sys.stderr)
+    return 1
+
+
+def cmd_features(args) -> int:
+    from core.estimate import estimate_cost
+    from core.featurize import plan_features
+    from core.jobs import find_resumable, resume, run_job, start_features_job
+    from core.modeling import load_tokenizer, resolve_model
+
+    store = _store()
+    settings = _settings_from_args(store, args)
+    tokenizer = load_tokenizer(resolve_model(settings.model))
+    plan = plan_features(store, args.project, settings, args.limit, tokenizer=tokenizer)
+    store.ensure_project(args.project, settings.to_dict())
+    if plan.complete:
+        print(f"features cached: {len(plan.rows['pool'])} pool rows and {len(plan.rows['targets'])} target rows "
+              f"x {len(plan.checkpoints)} checkpoint(s), nothing to compute")
+        return 0
+    print("estimate: " + estimate_cost(store, plan, tokenizer).text())
+    if args.inline:
+        job_id = store.create_job(args.project, "features", {"settings": settings.to_dict(), "limit": args.limit})
+        return run_job(store, job_id)
+    existing = find_resumable(store, args.project, settings, args.limit)
+    if existing is not None:
+        print(f"resuming job {existing.job.id} ({existing.status})")
+        job_id = resume(store, existing.job.id).job.id
+    else:
+        job_id = start_features_job(store, args.project, settings, args.limit)
+        print(f"started job {job_id} (log: {store.root / 'jobs' / (job_id + '.log')})")
+    if args.detach:
+        return 0
+    return watch(store, job_id)
+
+
+def project_status(store: Store, project: str) -> dict:
+    from core.jobs import view
+
+    if project not in store.projects():
+        raise SystemExit(f"error: no project {project!r} in {store.root} (projects: {', '.join(store.projects()) or 'none'})")
+    report = store.ingest_report(project)
+    return {
+        "project": project,
+        "cache": str(store.root),
+        "settings": store.project_settings(project),
+        "rows": store.row_counts(project),
+        "files": report["files"],
+        "ingest_errors": len(report["errors"]),
+        "features": store.project_features(project),
+        "jobs": [
+            {"id": v.job.id, "kind": v.job.kind, "status": v.status, "phase": v.job.phase, "done": v.job.done,
+             "total": v.job.total, "errors": v.job.errors, "rate": v.job.rate, "eta_s": v.job.eta_seconds,
+             "message": v.job.message, "created": v.job.created}
+            for v in (view(store, job) for job in store.jobs(project))
+        ],
+    }
+
+
+def cmd_status(args) -> int:
+    status = project_status(_store(), args.project)
+    if args.json:
+        print(json.dumps(status, indent=1, default=str))
+        return 0
+    print(f"project {status['project']}  (cache {status['cache']})")
+    print(f"  rows: {status['rows']['pool']} pool, {status['rows']['targets']} targets; {status['ingest_errors']} bad rows skipped at ingest")
+    for f in status["files"]:
+        print(f"    {f['role']:<7} {f['file']}  {f['format']}  {f['rows']} rows, {f['errors']} skipped")
+    for f in status["features"]:
+        print(f"  features {f['config']} {f['role']:<7} {f['gradient_type']:<4} epoch {f['epoch']}: "
+              f"{f['features']}/{f['rows']} rows, {f['errors']} errors, {f['truncated']} truncated")
+    for j in status["jobs"][:10]:
+        print(f"  job {j['id']} {j['status']:<11} {j['done']}/{j['total']} {j['phase'] or ''} {j['message'] or ''}")
+    return 0
+
+
+def cmd_dump(args) -> int:
+    import numpy as np
+
+    from core.featurize import learning_rate_weights, plan_features
+
+    store = _store()
+    stored = store.project_settings(args.project)
+    if not stored:
+        print(f"error: project {args.project!r} has no feature settings yet: run `features` first", file=sys.stderr)
+        return 1
+    plan = plan_features(store, args.project, FeatureSettings.from_dict(stored))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = learning_rate_weights(store, plan)
+    manifest = {"project": args.project, "settings": stored, "checkpoints": []}
+    last, several = plan.checkpoints[-1], len(plan.checkpoints) > 1
+    expected = store.row_counts(args.project)
+    for checkpoint in plan.checkpoints:
+        # The last (or only) checkpoint gets the plain documented names; with several, each also gets .ckptN.
+        suffixes = ([f".ckpt{checkpoint.epoch}"] if several else []) + ([""] if checkpoint == last else [])
+        entry = {"epoch": checkpoint.epoch, "lr_weight": weights[checkpoint.key]}
+        for role, ids_stem in (("pool", "pool_ids"), ("targets", "target_ids")):
+            config = next(c for c in plan.configs if c.role == role and c.checkpoint == checkpoint)
+            ids, matrix, _ = store.feature_matrix(args.project, role, config.key)
+            if len(ids) < expected[role]:
+                print(f"warning: {expected[role] - len(ids)} of {expected[role]} {role} rows have no features "
+                      f"(failed or not computed; see status)", file=sys.stderr)
+            for suffix in suffixes:
+                np.save(out / f"{role}{suffix}.npy", matrix.astype(np.float32, copy=False))
+                (out / f"{ids_stem}{suffix}.json").write_text(json.dumps(ids))
+            entry[role] = {"config": config.key, "rows": len(ids)}
+        manifest["checkpoints"].append(entry)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    print(f"wrote {out}/pool.npy, targets.npy, pool_ids.json, target_ids.json and manifest.json")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from core.jobs import view
+
+    store = _store()
+    for job in store.jobs(args.project):
+        current = view(store, job)
+        print(f"{job.id} {job.project} {current.status:<11} {job.done}/{job.total} {job.phase or ''} {job.message or ''}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from core.jobs import cancel
+
+    cancel(_store(), args.job)
+    print(f"cancel requested for {args.job}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from core.jobs import resume
+
+    store = _store()
+    current = resume(store, args.job)
+    print(f"job {args.job}: {current.status}")
+    return 0 if args.detach else watch(store, args.job)
+
+
+def cmd_run_job(args) -> int:
+    from core.jobs import run_job
+
+    return run_job(_store(), args.job)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="G2IS Explorer: gradient-based instruction data selection")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="read pool and target files into a project")
+    p.add_argument("--project", required=True)
+    p.add_argument("--pool", nargs="+", default=[])
+    p.add_argument("--targets", nargs="+", default=[])
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad rows abort the ingest (fail) or are skipped and reported")
+    p.add_argument("--group-field", help="dotted field holding the target group/subtask (default: group, subtask, task, subject, category, meta.*)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("demo", help="create the built-in demo project")
+    p.add_argument("--project", default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("features", help="compute and cache gradient features")
+    p.add_argument("--project", required=True)
+    p.add_argument("--model", help="'smollm2' (default), a .gguf file, a model folder or a hub id")
+    p.add_argument("--limit", type=int, help="only the first N pool rows")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lora-alpha", type=int)
+    p.add_argument("--lora-targets", help="comma-separated module names, e.g. q_proj,k_proj,v_proj,o_proj")
+    p.add_argument("--proj-kind", choices=("countsketch", "rademacher"))
+    p.add_argument("--proj-dim", type=int)
+    p.add_argument("--proj-seed", type=int)
+    p.add_argument("--proj-sparsity", type=int)
+    p.add_argument("--warmup-fraction", type=float)
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--warmup-checkpoints", choices=("last", "all"))
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--chunk-rows", type=int)
+    p.add_argument("--chunk-seconds", type=float)
+    p.add_argument("--storage-dtype", choices=("float32", "float16"))
+    p.add_argument("--detach", action="store_true", help="start the background job and return")
+    p.add_argument("--inline", action="store_true", help="compute in this process instead of a background worker")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("status", help="rows, features and jobs of a project")
+    p.add_argument("--project", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dump-features", help="write the features as .npy files for other tools")
+    p.add_argument("--project", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("jobs", help="list jobs")
+    p.add_argument("--project")
+    p.set_defaults(func=cmd_jobs)
+    for name, func in (("cancel", cmd_cancel), ("resume", cmd_resume), ("run-job", cmd_run_job)):
+        p = sub.add_parser(name, help=f"{name} a job")
+        p.add_argument("job")
+        if name == "resume":
+            p.add_argument("--detach", action="store_true")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.formats import BadRowsError, FormatError
+    from core.modeling import ModelError
+    from core.store import StoreBusyError, StoreError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (BadRowsError, FormatError, ModelError, StoreError, StoreBusyError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1

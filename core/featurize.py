@@ -1,0 +1,350 @@
+"""The feature job: a project's rows -> encoded chats -> warmup checkpoints -> per-example gradients -> projected chunks.
+
+``plan_features`` works out, without loading the model weights, every cache key involved and which rows still
+need work: one *feature config* per (warmup checkpoint, gradient type), keyed by a hash of everything that
+changes the numbers (model weights, LoRA config, chat template, max tokens, checkpoint, gradient type,
+projection kind/seed/dim/sparsity).  Features are stored per row *content hash* under a config, so a row that
+appears in two projects, or in a longer ``--limit`` later, is never computed twice.  The warmup checkpoint's
+key covers the model, LoRA, template, warmup arguments and the content of the rows it trains on.
+
+``run_features`` does the work and writes it in chunks (see ``Store.write_chunk``): a killed job resumes from
+its last finished chunk, and a row that fails is recorded with its error while the job goes on.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core.config import FeatureSettings, stable_hash
+from core.gradients import HookGradientComputer, adam_features, flat_moments, make_gradient_computer
+from core.lora import Checkpoint, add_lora, save_checkpoint, train_warmup, warmup_sample
+from core.modeling import (
+    EncodedRow,
+    encode_messages,
+    load_model,
+    load_tokenizer,
+    model_key,
+    pick_device,
+    resolve_model,
+    template_key,
+)
+from core.projection import make_projector
+from core.store import FeatureRowEntry, Store, StoredRow
+
+GRADIENT_TYPES = {"pool": "adam", "targets": "sgd"}
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    key: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    key: str
+    role: str
+    gradient_type: str
+    checkpoint: CheckpointPlan
+
+
+@dataclass
+class FeaturePlan:
+    project: str
+    settings: FeatureSettings
+    device: str
+    model_key: str
+    template_key: str
+    warmup_run_key: str
+    warmup_positions: list[int]  # positions in the full pool
+    checkpoints: list[CheckpointPlan]
+    configs: list[FeatureConfig]
+    rows: dict[str, list[StoredRow]]  # role -> rows in scope (pool limited by --limit)
+    missing: dict[str, list[StoredRow]] = field(default_factory=dict)  # config key -> rows still to compute
+    missing_checkpoints: list[CheckpointPlan] = field(default_factory=list)
+
+    @property
+    def rows_to_compute(self) -> int:
+        return sum(len(v) for v in self.missing.values())
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing_checkpoints and self.rows_to_compute == 0
+
+    def config_for(self, role: str, epoch: int | None = None) -> FeatureConfig:
+        matches = [c for c in self.configs if c.role == role and (epoch is None or c.checkpoint.epoch == epoch)]
+        return matches[-1]
+
+
+def _base_description(settings: FeatureSettings, mkey: str, tkey: str) -> dict:
+    return {
+        "model": mkey,
+        "model_spec": settings.model,
+        "lora": asdict(settings.lora),
+        "template": tkey,
+        "max_tokens": settings.max_tokens,
+    }
+
+
+def plan_features(store: Store, project: str, settings: FeatureSettings, limit: int | None = None, tokenizer=None) -> FeaturePlan:
+    resolved = resolve_model(settings.model)
+    tokenizer = tokenizer or load_tokenizer(resolved)
+    mkey, tkey = model_key(resolved), template_key(tokenizer)
+    device = pick_device(settings.device)
+    pool = store.rows(project, "pool")
+    targets = store.rows(project, "targets")
+    if not pool:
+        raise ValueError(f"project {project!r} has no pool rows: run `python -m core ingest --project {project} --pool FILE`")
+    if not targets:
+        raise ValueError(f"project {project!r} has no target rows: run `python -m core ingest --project {project} --targets FILE`")
+    base = _base_description(settings, mkey, tkey)
+    positions = warmup_sample(len(pool), settings.warmup, on_cpu=device.type == "cpu")
+    run_key = stable_hash([base, asdict(settings.warmup), [pool[i].content_hash for i in positions]])
+    epochs = settings.warmup.epochs
+    wanted = [epochs] if settings.warmup.checkpoints == "last" or epochs == 0 else list(range(1, epochs + 1))
+    checkpoints = [CheckpointPlan(stable_hash([run_key, epoch]), epoch) for epoch in wanted]
+    projection = asdict(settings.projection)
+    configs = []
+    for checkpoint in checkpoints:
+        for role, gradient_type in GRADIENT_TYPES.items():
+            numbers = [base, checkpoint.key, gradient_type, projection, settings.adam_eps if gradient_type == "adam" else None]
+            configs.append(FeatureConfig(stable_hash(numbers), role, gradient_type, checkpoint))
+    rows = {"pool": pool[:limit] if limit else pool, "targets": targets}
+    plan = FeaturePlan(project, settings, device.type, mkey, tkey, run_key, positions, checkpoints, configs, rows)
+    refresh_plan(store, plan)
+    return plan
+
+
+def refresh_plan(store: Store, plan: FeaturePlan) -> None:
+    """Recompute what is missing (rows without a feature or a recorded error; checkpoints not on disk)."""
+    plan.missing_checkpoints = [c for c in plan.checkpoints if store.checkpoint(c.key) is None]
+    plan.missing = {}
+    for config in plan.configs:
+        finished = store.finished_hashes(config.key)
+        todo, seen = [], set()
+        for row in plan.rows[config.role]:
+            if row.content_hash not in finished and row.content_hash not in seen:
+                seen.add(row.content_hash)
+                todo.append(row)
+        plan.missing[config.key] = todo
+
+
+def learning_rate_weights(store: Store, plan: FeaturePlan) -> dict[str, float]:
+    """LESS's checkpoint weights: each checkpoint's mean learning rate, normalised to sum to 1."""
+    rates = {c.key: (store.checkpoint(c.key) or {}).get("learning_rate") or 0.0 for c in plan.checkpoints}
+    total = sum(rates.values())
+    if total <= 0:
+        return {key: 1.0 / len(rates) for key in rates}
+    return {key: rate / total for key, rate in rates.items()}
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class Progress:
+    """What a job reports: rows (and warmup examples) done out of total, and the rate of this run."""
+
+    total: int
+    done: int = 0
+    errors: int = 0
+    phase: str = "starting"
+    started: float = field(default_factory=time.monotonic)
+    done_at_start: int = 0
+    tokens: int = 0
+
+    @property
+    def rate(self) -> float | None:
+        elapsed = time.monotonic() - self.started
+        return (self.done - self.done_at_start) / elapsed if elapsed > 0 and self.done > self.done_at_start else None
+
+    def fields(self) -> dict:
+        return {"done": self.done, "total": self.total, "errors": self.errors, "phase": self.phase, "rate": self.rate}
+
+
+class Cancelled(Exception):
+    pass
+
+
+def _encode_all(tokenizer, rows: list[StoredRow], max_tokens: int) -> dict[str, EncodedRow]:
+    return {row.content_hash: encode_messages(tokenizer, row.messages, max_tokens) for row in rows}
+
+
+def run_features(
+    store: Store,
+    project: str,
+    settings: FeatureSettings,
+    limit: int | None = None,
+    job_id: str = "inline",
+    should_cancel: Callable[[], bool] = lambda: False,
+    report: Callable[[Progress], None] = lambda progress: None,
+    log: Callable[[str], None] = print,
+) -> FeaturePlan:
+    """Compute every missing feature of the plan; resumable at chunk granularity."""
+
+    resolved = resolve_model(settings.model)
+    tokenizer = load_tokenizer(resolved)
+    plan = plan_features(store, project, settings, limit, tokenizer=tokenizer)
+    pool = store.rows(project, "pool")
+    warmup_rows = [pool[i] for i in plan.warmup_positions]
+    warmup_units = len(warmup_rows) * settings.warmup.epochs if plan.missing_checkpoints else 0
+    progress = Progress(total=warmup_units + plan.rows_to_compute)
+    progress.phase = "loading model"
+    report(progress)
+    if plan.complete:
+        return plan
+
+    device = torch.device(plan.device)
+    model = add_lora(load_model(resolved, device), settings.lora)
+    pad_id = tokenizer.pad_token_id
+    encoded = _encode_all(tokenizer, [r for rows in plan.missing.values() for r in rows] + warmup_rows, settings.max_tokens)
+
+    if plan.missing_checkpoints:
+        progress.phase = "warmup"
+        trainable = [encoded[r.content_hash] for r in warmup_rows if encoded[r.content_hash].error is None]
+        wanted = {c.epoch: c for c in plan.checkpoints}
+        log(f"warmup: {len(trainable)} rows x {settings.warmup.epochs} epoch(s), lr {settings.warmup.learning_rate}")
+
+        def save_epoch(epoch, step, learning_rate, optimizer):
+            if epoch not in wanted:
+                return
+            checkpoint = wanted[epoch]
+            target = store.checkpoint_dir(checkpoint.key)
+            staging = target.with_name(target.name + f".tmp-{job_id}")
+            shutil.rmtree(staging, ignore_errors=True)
+            save_checkpoint(staging, model, optimizer, {"epoch": epoch, "step": step, "learning_rate": learning_rate, "run_key": plan.warmup_run_key})
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+            store.add_checkpoint(checkpoint.key, plan.warmup_run_key, epoch, step, learning_rate, target)
+
+        def warmup_progress(done, total):
+            progress.done = done
+            if done % max(1, settings.warmup.batch_size) == 0:
+                report(progress)
+            if should_cancel():
+                raise Cancelled()
+
+        if settings.warmup.epochs == 0:
+            save_epoch(0, 0, 0.0, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]))
+        else:
+            train_warmup(model, trainable, settings.warmup, pad_id, save_epoch, warmup_progress)
+        progress.done = warmup_units
+
+    computer = make_gradient_computer(model, pad_id, device)
+    projector = make_projector(settings.projection)
+    progress.done_at_start, progress.started = progress.done, time.monotonic()
+    tokens_started = time.monotonic()
+    for config in plan.configs:
+        todo = plan.missing[config.key]
+        if not todo:
+            continue
+        store.register_feature_config(
+            config.key, config.gradient_type, config.checkpoint.key, settings.projection.dim, settings.storage_dtype,
+            {**_base_description(settings, plan.model_key, plan.template_key), "role": config.role,
+             "epoch": config.checkpoint.epoch, "projection": asdict(settings.projection)},
+        )
+        store.remove_orphan_chunks(config.key, job_id)
+        record = store.checkpoint(config.checkpoint.key)
+        moments = Checkpoint(record["key"], record["epoch"], record["step"], record["learning_rate"], record["path"]).load_into(model)
+        exp_avg, exp_avg_sq = flat_moments(model, moments) if config.gradient_type == "adam" else (None, None)
+        progress.phase = f"{config.role} features ({config.gradient_type}, checkpoint epoch {config.checkpoint.epoch})"
+        report(progress)
+        _compute_config(store, config, todo, encoded, computer, projector, exp_avg, exp_avg_sq, settings, job_id, progress, report, should_cancel)
+    if progress.tokens:
+        store.record_throughput(plan.device, plan.model_key, progress.tokens / max(1e-9, time.monotonic() - tokens_started))
+    refresh_plan(store, plan)
+    return plan
+
+
+def _compute_config(store, config, todo, encoded, computer, projector, exp_avg, exp_avg_sq, settings, job_id, progress, report, should_cancel):
+    batch_size = settings.batch_size if isinstance(computer, HookGradientComputer) else 1
+    # On CUDA, similar lengths share a batch (less padding); on CPU the loop keeps the stored order.
+    order = sorted(todo, key=lambda r: encoded[r.content_hash].n_tokens) if batch_size > 1 else todo
+    features: list[np.ndarray] = []
+    entries: list[FeatureRowEntry] = []
+    errors: list[tuple[str, str]] = []
+    chunk_started = time.monotonic()
+
+    def flush():
+        nonlocal features, entries, errors, chunk_started
+        matrix = np.stack(features) if features else np.zeros((0, settings.projection.dim), np.float32)
+        store.write_chunk(config.key, job_id, matrix, entries, errors, settings.storage_dtype, (job_id, progress.fields()))
+        report(progress)
+        features, entries, errors, chunk_started = [], [], [], time.monotonic()
+        if should_cancel():
+            raise Cancelled()
+
+    position = 0
+    while position < len(order):
+        batch = []
+        while position < len(order) and len(batch) < batch_size:
+            row = order[position]
+            position += 1
+            enc = encoded[row.content_hash]
+            if enc.error:
+                errors.append((row.content_hash, enc.error))
+                progress.done += 1
+                progress.errors += 1
+            else:
+                batch.append(row)
+        if batch:
+            for row, result in zip(batch, _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings)):
+                progress.done += 1
+                if isinstance(result, str):
+                    errors.append((row.content_hash, result))
+                    progress.errors += 1
+                    continue
+                enc = encoded[row.content_hash]
+                entries.append(FeatureRowEntry(row.content_hash, len(features), float(np.linalg.norm(result)), enc.n_tokens, enc.truncated))
+                features.append(result)
+                progress.tokens += enc.n_tokens
+        if len(entries) + len(errors) >= settings.chunk_rows or time.monotonic() - chunk_started >= settings.chunk_seconds:
+            flush()
+    if entries or errors:
+        flush()
+
+
+def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings) -> list:
+    """Projected features of a batch; an error string in place of a row whose gradient could not be computed."""
+    rows = [encoded[r.content_hash] for r in batch]
+    try:
+        grads = computer.gradients(rows)
+    except torch.cuda.OutOfMemoryError:
+        if len(batch) == 1:
+            return ["out of GPU memory even for a single example"]
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return _features_for(batch[:half], encoded, computer, projector, exp_avg, exp_avg_sq, settings) + _features_for(
+            batch[half:], encoded, computer, projector, exp_avg, exp_avg_sq, settings
+        )
+    except (RuntimeError, ValueError) as error:
+        if len(batch) > 1:  # find the culprit row by row rather than failing the whole batch
+            return [r for row in batch for r in _features_for([row], encoded, computer, projector, exp_avg, exp_avg_sq, settings)]
+        return [f"gradient failed: {error}"]
+    if exp_avg is not None:
+        grads = adam_features(grads, exp_avg, exp_avg_sq, eps=settings.adam_eps)
+    projected = projector.project(grads).cpu().numpy()
+    out = []
+    for vector in projected:
+        out.append(vector if np.isfinite(vector).all() else "non-finite gradient (loss overflow)")
+    return out
+
+
+def storage_bytes(plan: FeaturePlan) -> int:
+    width = 2 if plan.settings.storage_dtype == "float16" else 4
+    return plan.rows_to_compute * plan.settings.projection.dim * width
+
+
+def feature_summary(store: Store, plan: FeaturePlan) -> list[dict]:
+    weights = learning_rate_weights(store, plan)
+    out = []
+    for config in plan.configs:
+        counts = store.feature_progress(plan.project, config.role, config.key)
+        out.append({"config": config.key, "role": config.role, "gradient_type": config.gradient_type,
+                    "epoch": config.checkpoint.epoch, "lr_weight": weights.get(config.checkpoint.key), **counts})
+    return out

@@ -1,0 +1,795 @@
+"""Instruction-data readers: ``.jsonl`` / ``.json`` files in, normalised chat rows out.
+
+This is the first stage of the pipeline.  It reads one file at a time, detects which of the four
+supported formats the file is in (Alpaca, ShareGPT, chat ``messages``, prompt/completion), turns every
+record into a list of ``{"role", "content"}`` chat messages, gives every row a stable id, and reports every
+bad record with its file, line and a precise reason.  Nothing is dropped silently: every non-blank line of a
+JSONL file (every element of a JSON array) comes out either as a ``Row`` or as a ``RowError``.
+
+Files are streamed: a ``.jsonl`` file is read line by line and a ``.json`` array element by element, so
+memory does not grow with the file (only the id index used to catch duplicates grows, by one entry per row).
+
+Only the standard library is used; nothing here knows about the store, the model or the app.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _encode_json_string  # the one ensure_ascii=False uses
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")
+
+# The keys that make a record detect as each format, in detection order (see ``detect_format``).
+FORMAT_KEYS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+}
+
+# Field names that name a row's target group (task / subject) when no group field is given.
+AUTO_GROUP_FIELDS = ("group", "subtask", "task", "subject", "category")
+
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "model": "assistant",
+    "system": "system",
+}
+CHAT_ROLES = ("system", "user", "assistant")
+
+JSON_WHITESPACE = " \t\r\n"
+_BLANK_LINE_STARTS = ("", " ", "\t", "\r", "\n")
+_WHITESPACE_RUN = re.compile(r"[ \t\r\n]*")
+# ``surrogateescape`` decoding turns each byte that is not valid UTF-8 into one of these code points;
+# valid UTF-8 never produces them, so finding one means the raw bytes were broken.
+_ESCAPED_BAD_BYTE = re.compile("[\udc80-\udcff]")
+_READ_CHUNK_BYTES = 1 << 20
+MAX_ERRORS_IN_MESSAGE = 10
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public data types
+
+
+@dataclass(frozen=True)
+class Row:
+    """One normalised training/target example."""
+
+    row_id: str  # the record's own "id" (str or int, as str) if present, else content_hash[:16]
+    content_hash: str  # sha256 hex of the canonical JSON of ``messages``
+    # Left out of the hash so rows stay hashable (dicts are not); equality still compares it.
+    messages: tuple[dict, ...] = field(hash=False)
+    format: str  # one of FORMATS
+    file: str  # path as given
+    line: int  # 1-based line where the record starts
+    source: str  # the record's "source" / "dataset" string, else the file stem
+    group: str | None  # target group / subtask, if any
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One bad record (or a structural problem in a file, line 0 when it has no line)."""
+
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        if self.line == 0:
+            return f"{self.file}: {self.reason}"
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+class FormatError(ValueError):
+    """The whole file cannot be read as instruction data (missing, empty, not JSON, unknown format...)."""
+
+
+class RowProblem(ValueError):
+    """A single record is invalid; the message is the reason shown to the user."""
+
+
+class BadRowsError(ValueError):
+    """Raised in ``on_error="fail"`` mode when a file (or a set of files) has bad records."""
+
+    def __init__(self, errors: list[RowError]):
+        self.errors: list[RowError] = list(errors)
+        files = sorted({error.file for error in self.errors})
+        lines = [
+            f"{len(self.errors)} bad row(s) in {', '.join(files)}; "
+            "fix them, or read with on_error='skip' to leave them out:"
+        ]
+        lines += [str(error) for error in self.errors[:MAX_ERRORS_IN_MESSAGE]]
+        if len(self.errors) > MAX_ERRORS_IN_MESSAGE:
+            lines.append(f"... and {len(self.errors) - MAX_ERRORS_IN_MESSAGE} more")
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class ReadReport:
+    """What reading one file produced: its format, how many good rows, and every error."""
+
+    file: str
+    format: str | None
+    rows: int = 0  # good rows yielded
+    errors: list[RowError] = field(default_factory=list)
+    blank_lines: int = 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Format detection and normalisation of one record
+
+
+def detect_format(record: dict) -> str | None:
+    """The format a record is in, judged by its keys only (validation is ``normalise``'s job)."""
+    if not isinstance(record, dict):
+        return None
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    if "prompt" in record and "completion" in record:
+        return "prompt_completion"
+    return None
+
+
+def normalise(record: dict, fmt: str) -> list[dict]:
+    """Chat messages ``[{"role", "content"}, ...]`` for a record of format ``fmt``; raises RowProblem."""
+    if fmt == "alpaca":
+        turns = _alpaca_turns(record)
+    elif fmt == "sharegpt":
+        turns = _sharegpt_turns(record)
+    elif fmt == "messages":
+        turns = _message_list_turns(record.get("messages"), "messages", '"messages"', "turn")
+    elif fmt == "prompt_completion":
+        turns = _prompt_completion_turns(record)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return _checked_conversation(turns)
+
+
+# A turn on its way to becoming a message: (role, content, place, number).  ``place`` and ``number`` say
+# where it came from in the record ("turn", 3 -> "turn 3"; '"output"', 0 -> '"output"') so that error
+# messages point at the right spot; the text is only built when there is an error to report.
+_Turn = tuple[str, str, str, int]
+
+
+def _where(place: str, number: int) -> str:
+    return f"{place} {number}" if number else place
+
+
+def _is_blank(text: str) -> bool:
+    # Same test as ``not text.strip()`` without copying the text (this runs for every message).
+    return not text or text.isspace()
+
+
+def _alpaca_turns(record: dict) -> list[_Turn]:
+    instruction = record.get("instruction")
+    if not isinstance(instruction, str) or _is_blank(instruction):
+        raise RowProblem('alpaca: "instruction" must be a non-empty string')
+    output = record.get("output")
+    if not isinstance(output, str) or _is_blank(output):
+        raise RowProblem('alpaca: "output" must be a non-empty string')
+    extra_input = record.get("input")
+    if extra_input is None:  # many Alpaca exports write null for "no input"
+        extra_input = ""
+    if not isinstance(extra_input, str):
+        raise RowProblem('alpaca: "input" must be a string')
+    system = record.get("system")
+    if system is not None and not isinstance(system, str):
+        raise RowProblem('alpaca: "system" must be a string')
+    history = record.get("history")
+    if history is None:
+        history = []
+    if not isinstance(history, list):
+        raise RowProblem('alpaca: "history" must be a list of [question, answer] pairs')
+
+    turns: list[_Turn] = []
+    if system is not None and not _is_blank(system):
+        turns.append(("system", system, '"system"', 0))
+    for number, pair in enumerate(history, 1):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
+            raise RowProblem(f'alpaca: "history" item {number} must be a [question, answer] pair of strings')
+        turns.append(("user", pair[0], '"history" item', number))
+        turns.append(("assistant", pair[1], '"history" item', number))
+    user_content = instruction if _is_blank(extra_input) else instruction + "\n\n" + extra_input
+    turns.append(("user", user_content, '"instruction"', 0))
+    turns.append(("assistant", output, '"output"', 0))
+    return turns
+
+
+def _sharegpt_turns(record: dict) -> list[_Turn]:
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        raise RowProblem('sharegpt: "conversations" must be a non-empty list')
+    system = record.get("system")
+    if system is not None and not isinstance(system, str):
+        raise RowProblem('sharegpt: "system" must be a string')
+
+    turns: list[_Turn] = []
+    if system is not None and not _is_blank(system):
+        turns.append(("system", system, '"system"', 0))
+    for number, turn in enumerate(conversations, 1):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            found = f" (found keys: {_key_list(turn)})" if isinstance(turn, dict) else ""
+            raise RowProblem(f'sharegpt: turn {number} must be an object with "from" and "value"{found}')
+        speaker = turn["from"]
+        # Case is ignored because exports differ ("human", "Human", "GPT").
+        role = SHAREGPT_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None
+        if role is None:
+            raise RowProblem(f"sharegpt: turn {number} has unknown role {_show(speaker)}")
+        value = turn["value"]
+        if not isinstance(value, str) or _is_blank(value):
+            raise RowProblem(f'sharegpt: turn {number} "value" must be a non-empty string')
+        if role == "system" and turns:
+            raise RowProblem(f"system message must be the first turn (found in turn {number})")
+        turns.append((role, value, "turn", number))
+    return turns
+
+
+def _message_list_turns(messages: Any, fmt: str, what: str, place: str) -> list[_Turn]:
+    """Turns of an OpenAI-style message list (used by the messages format and conversational prompt/completion)."""
+    if not isinstance(messages, list) or not messages:
+        raise RowProblem(f"{fmt}: {what} must be a non-empty list of messages")
+    turns: list[_Turn] = []
+    for number, message in enumerate(messages, 1):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            found = f" (found keys: {_key_list(message)})" if isinstance(message, dict) else ""
+            raise RowProblem(f'{fmt}: {place} {number} must be an object with "role" and "content"{found}')
+        speaker = message["role"]
+        role = speaker if speaker in CHAT_ROLES else speaker.lower() if isinstance(speaker, str) else None
+        if role not in CHAT_ROLES:
+            raise RowProblem(f"{fmt}: {place} {number} has unknown role {_show(speaker)}")
+        content = message["content"]
+        if not isinstance(content, str):
+            content = _parts_text(content, fmt, f"{place} {number}")
+        turns.append((role, content, place, number))
+    return turns
+
+
+def _parts_text(content: Any, fmt: str, where: str) -> str:
+    """The text of an OpenAI-style list of content parts, joined with newlines."""
+    if not isinstance(content, list):
+        raise RowProblem(f'{fmt}: {where} "content" must be a string or a list of text parts')
+    texts = []
+    for number, part in enumerate(content, 1):
+        part_type = part.get("type") if isinstance(part, dict) else None
+        if part_type != "text":
+            shown = _show(part_type) if isinstance(part, dict) else f"a {_json_type(part)}"
+            raise RowProblem(f"{fmt}: {where} has a non-text content part ({shown})")
+        if not isinstance(part.get("text"), str):
+            raise RowProblem(f'{fmt}: {where} content part {number} has no "text" string')
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _prompt_completion_turns(record: dict) -> list[_Turn]:
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if isinstance(prompt, str) and isinstance(completion, str):
+        if _is_blank(prompt):
+            raise RowProblem('prompt_completion: "prompt" must be a non-empty string')
+        if _is_blank(completion):
+            raise RowProblem('prompt_completion: "completion" must be a non-empty string')
+        return [("user", prompt, '"prompt"', 0), ("assistant", completion, '"completion"', 0)]
+    if isinstance(prompt, list) and isinstance(completion, list):
+        return (_message_list_turns(prompt, "prompt_completion", '"prompt"', "prompt turn")
+                + _message_list_turns(completion, "prompt_completion", '"completion"', "completion turn"))
+    raise RowProblem('prompt_completion: "prompt" and "completion" must both be strings or both be lists of messages')
+
+
+def _checked_conversation(turns: list[_Turn]) -> list[dict]:
+    """Rules shared by every format; content is kept exactly, emptiness is judged after strip."""
+    if not turns:
+        raise RowProblem("record has no messages")
+    has_user = False
+    for index, (role, content, place, number) in enumerate(turns):
+        if role == "system" and index != 0:
+            raise RowProblem(f"system message must be the first turn (found in {_where(place, number)})")
+        if role == "assistant" and _is_blank(content):
+            raise RowProblem(f"empty assistant answer in {_where(place, number)}")
+        if role == "user":
+            if _is_blank(content):
+                raise RowProblem(f"empty user message in {_where(place, number)}")
+            has_user = True
+        if not _is_valid_unicode(content):
+            raise RowProblem(f"text in {_where(place, number)} is not valid Unicode (unpaired surrogate)")
+    last_role = turns[-1][0]
+    if last_role != "assistant":
+        raise RowProblem(f'last message must be from the assistant (got "{last_role}")')
+    if not has_user:
+        raise RowProblem("no user message")
+    return [{"role": turn[0], "content": turn[1]} for turn in turns]
+
+
+def _is_valid_unicode(text: str) -> bool:
+    # JSON "\ud800" escapes decode to lone surrogates, which cannot be written as UTF-8 (hashing, storage,
+    # tokenizers all fail on them later), so they are caught here.
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _show(value: Any) -> str:
+    """A value as it looks in JSON, shortened, for error messages."""
+    try:
+        shown = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _key_list(record: dict, limit: int = 12) -> str:
+    keys = [str(key) for key in record]
+    shown = ", ".join(_show(key) for key in keys[:limit])
+    return shown + (f", ... ({len(keys)} keys)" if len(keys) > limit else "") if keys else "none"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _expected_formats() -> str:
+    return "; ".join(f"{fmt} ({', '.join(_show(key) for key in keys)})" for fmt, keys in FORMAT_KEYS.items())
+
+
+# The canonical JSON is ``json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))``.
+_CANONICAL_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def content_hash_of(messages: list[dict]) -> str:
+    """sha256 of the canonical JSON of the messages: the same conversation always hashes the same."""
+    if all(type(m) is dict and len(m) == 2 and type(m.get("role")) is str and type(m.get("content")) is str
+           for m in messages):
+        # Normalised messages have exactly these two string keys, so the canonical JSON can be written
+        # directly, byte for byte what the encoder gives, in about half the time (this runs for every row).
+        canonical = "[" + ",".join([
+            '{"content":%s,"role":%s}' % (_encode_json_string(m["content"]), _encode_json_string(m["role"]))
+            for m in messages
+        ]) + "]"
+    else:
+        canonical = _CANONICAL_JSON.encode(messages)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _explicit_id(record: dict) -> str | None:
+    if "id" not in record:
+        return None
+    value = record["id"]
+    # bool is an int subclass in Python, but true/false is never a meaningful id.
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and _is_blank(value)):
+        raise RowProblem('"id" must be a non-empty string or integer')
+    return str(value)
+
+
+def _as_label(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
+def _group_of(record: dict, group_field: str | None) -> str | None:
+    if group_field is not None:
+        if group_field in record:  # a key that itself contains dots wins over the dotted path
+            return _as_label(record[group_field])
+        value: Any = record
+        for part in group_field.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
+        return _as_label(value)
+    meta = record.get("meta")
+    for container in (record, meta) if isinstance(meta, dict) else (record,):
+        for name in AUTO_GROUP_FIELDS:
+            value = container.get(name)
+            if value is not None:
+                label = _as_label(value)
+                if label is not None:
+                    return label
+    return None
+
+
+def _source_of(record: dict, file_stem: str) -> str:
+    for name in ("source", "dataset"):
+        value = record.get(name)
+        if isinstance(value, str) and not _is_blank(value):
+            return value
+    return file_stem
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+# What a record source yields per record: (line, decoded value or None, problem or None).
+_RawRecord = tuple[int, Any, "str | None"]
+
+
+def _open_checked(path: Any, file: str) -> tuple[Path, str]:
+    """The path and its kind ("jsonl" or "json"), or FormatError for every whole-file problem we can see."""
+    location = Path(path)
+    if location.is_dir():
+        raise FormatError(f"{file}: is a directory, not a file; give a .jsonl or .json file")
+    if not location.exists():
+        raise FormatError(f"{file}: file not found; check the path")
+    suffix = location.suffix.lower()
+    if suffix not in (".jsonl", ".json"):
+        shown = f"'{location.suffix}'" if location.suffix else "(no extension)"
+        raise FormatError(f"{file}: unsupported file type {shown}: use .jsonl or .json")
+    return location, suffix[1:]
+
+
+def _jsonl_records(handle: BinaryIO, file: str, report: ReadReport) -> Iterator[_RawRecord]:
+    """One item per non-blank line; blank lines are only counted."""
+    checked_first_line = False
+    for line_number, raw_line in enumerate(handle, 1):
+        bom_bytes = 0
+        if line_number == 1 and raw_line.startswith(codecs.BOM_UTF8):
+            raw_line = raw_line[len(codecs.BOM_UTF8):]
+            bom_bytes = len(codecs.BOM_UTF8)
+        # Each line is decoded on its own so one broken line does not spoil the rest of the file.
+        try:
+            text = raw_line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            checked_first_line = True
+            yield line_number, None, f"line is not valid UTF-8 (byte offset {error.start + bom_bytes})"
+            continue
+        # Only JSON whitespace counts as blank; a line of other whitespace is reported as invalid JSON.
+        # (The first-character test just skips the strip for the usual line that starts with "{".)
+        if text[:1] in _BLANK_LINE_STARTS and not text.strip(JSON_WHITESPACE):
+            report.blank_lines += 1
+            continue
+        if not checked_first_line:
+            checked_first_line = True
+            if text.lstrip(JSON_WHITESPACE).startswith("["):
+                raise FormatError(
+                    f"{file}: line {line_number} starts a JSON array, so the file looks like a JSON array; "
+                    "rename it to .json or write one object per line"
+                )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            yield line_number, None, f"invalid JSON: {error.msg} (column {error.colno})"
+        except RecursionError:
+            yield line_number, None, "invalid JSON: nested too deeply"
+        except ValueError as error:  # e.g. an integer with more digits than Python converts
+            yield line_number, None, f"invalid JSON: {error}"
+        else:
+            yield line_number, value, None
+
+
+class _JsonArrayScanner:
+    """Streams the elements of a top-level JSON array with the line each element starts on.
+
+    Hand-written on ``json.JSONDecoder.raw_decode`` over a buffered reader because we need the starting
+    line number of every element, which streaming parsers such as ijson do not give.  The file is read in
+    chunks (a minified array is a single line, so reading by line would load it whole); a decode that
+    fails near the end of the buffer is retried after reading more, and each refill at least doubles the
+    unread part of the buffer, so even one huge element is decoded in linear total time.
+    """
+
+    def __init__(self, handle: BinaryIO, file: str):
+        self._handle = handle
+        self._file = file
+        # surrogateescape keeps broken bytes in the text so they can be reported per element.
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self._json = json.JSONDecoder()
+        self._buffer = ""
+        self._pos = 0  # next unread character of the buffer
+        self._line = 1  # line number at self._pos
+        self._buffer_start_byte_column = 0  # byte column of buffer[0] within its line
+        self._eof = False
+        self._started = False
+
+    # -- buffer management -------------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Drop what has been consumed and read at least as much again as is still unread."""
+        consumed = self._buffer[:self._pos]
+        if consumed:
+            newline = consumed.rfind("\n")
+            tail = consumed[newline + 1:] if newline >= 0 else consumed
+            start = 0 if newline >= 0 else self._buffer_start_byte_column
+            self._buffer_start_byte_column = start + len(tail.encode("utf-8", "surrogateescape"))
+            self._buffer = self._buffer[self._pos:]
+            self._pos = 0
+        data = self._handle.read(max(_READ_CHUNK_BYTES, len(self._buffer)))
+        text = self._decoder.decode(data, final=not data)
+        if not self._started:
+            self._started = True
+            if text.startswith("\ufeff"):  # a UTF-8 byte-order mark is accepted at file start
+                text = text[1:]
+                self._buffer_start_byte_column = len(codecs.BOM_UTF8)
+        self._buffer += text
+        self._eof = not data
+
+    def _advance(self, new_pos: int) -> None:
+        self._line += self._buffer.count("\n", self._pos, new_pos)
+        self._pos = new_pos
+
+    def _next_char(self) -> str:
+        """Skip JSON whitespace (reading more as needed); the next character, or "" at end of file."""
+        while True:
+            self._advance(_WHITESPACE_RUN.match(self._buffer, self._pos).end())
+            if self._pos < len(self._buffer):
+                return self._buffer[self._pos]
+            if self._eof:
+                return ""
+            self._fill()
+
+    def _line_of(self, index: int) -> int:
+        return self._line + self._buffer.count("\n", self._pos, index)
+
+    def _byte_column_of(self, index: int) -> int:
+        newline = self._buffer.rfind("\n", 0, index)
+        if newline >= 0:
+            return len(self._buffer[newline + 1:index].encode("utf-8", "surrogateescape"))
+        return self._buffer_start_byte_column + len(self._buffer[:index].encode("utf-8", "surrogateescape"))
+
+    def _bad_bytes_reason(self, start: int, end: int) -> str | None:
+        found = _ESCAPED_BAD_BYTE.search(self._buffer, start, end)
+        if found is None:
+            return None
+        index = found.start()
+        return (f"record is not valid UTF-8 (line {self._line_of(index)}, "
+                f"byte offset {self._byte_column_of(index)})")
+
+    # -- parsing ---------------------------------------------------------------------------------------
+
+    def records(self) -> Iterator[_RawRecord]:
+        first = self._next_char()
+        if first == "":
+            raise FormatError(f"{self._file}: file is empty")
+        if first == "{":
+            raise FormatError(
+                f"{self._file}: expected a JSON array of records, found an object at line {self._line}; "
+                "wrap the records in [ ... ], or if the file has one object per line rename it to .jsonl"
+            )
+        if first != "[":
+            raise FormatError(
+                f"{self._file}: not JSON: expected a JSON array of records, found {first!r} at line {self._line}; "
+                "use a JSON array of objects (.json) or one JSON object per line (.jsonl)"
+            )
+        self._advance(self._pos + 1)
+        char = self._next_char()
+        if char == "]":
+            self._advance(self._pos + 1)
+        else:
+            while True:
+                if char == "":
+                    yield self._line, None, "truncated JSON array: the file ends before the closing ']'"
+                    return
+                start_line = self._line
+                value, problem, fatal = self._decode_element()
+                yield start_line, value, problem
+                if fatal:
+                    return
+                char = self._next_char()
+                if char == ",":
+                    self._advance(self._pos + 1)
+                    char = self._next_char()
+                    if char == "]":
+                        yield self._line, None, "invalid JSON: trailing comma before the closing ']'"
+                        self._advance(self._pos + 1)
+                        break
+                    continue
+                if char == "]":
+                    self._advance(self._pos + 1)
+                    break
+                if char == "":
+                    yield self._line, None, "truncated JSON array: the file ends before the closing ']'"
+                    return
+                yield (self._line, None,
+                       f"invalid JSON: expected ',' or ']' after the record starting at line {start_line}, "
+                       f"found {char!r}; the rest of the file was not read")
+                return
+        if self._next_char() != "":
+            yield self._line, None, "invalid JSON: extra data after the closing ']'; the rest of the file was not read"
+
+    def _decode_element(self) -> tuple[Any, str | None, bool]:
+        """(value, problem, fatal) for the element at the current position; fatal means stop reading."""
+        while True:
+            try:
+                value, end = self._json.raw_decode(self._buffer, self._pos)
+            except json.JSONDecodeError as error:
+                # An error at the very end of the buffer may just mean the element continues in the next
+                # chunk (a chunk can end inside a string, a number or an escape); read more and retry.
+                near_end = error.pos >= len(self._buffer) - 16 or error.msg.startswith("Unterminated string")
+                if near_end and not self._eof:
+                    self._fill()
+                    continue
+                bad_bytes = self._bad_bytes_reason(self._pos, min(error.pos + 1, len(self._buffer)))
+                if bad_bytes is not None:
+                    return None, bad_bytes + "; the rest of the file was not read", True
+                ran_out = (error.pos >= len(self._buffer.rstrip(JSON_WHITESPACE))
+                           or error.msg.startswith("Unterminated string"))
+                if ran_out:  # at end of file here, so the record was cut off
+                    return None, "truncated JSON: the file ends inside this record", True
+                return None, (f"invalid JSON: {error.msg} (line {self._line_of(error.pos)}); "
+                              "the rest of the file was not read"), True
+            except RecursionError:
+                return None, "invalid JSON: nested too deeply; the rest of the file was not read", True
+            except ValueError as error:
+                return None, f"invalid JSON: {error}; the rest of the file was not read", True
+            if end >= len(self._buffer) and not self._eof:
+                self._fill()  # a bare number could go on in the next chunk
+                continue
+            bad_bytes = self._bad_bytes_reason(self._pos, end)
+            self._advance(end)
+            return (None, bad_bytes, False) if bad_bytes else (value, None, False)
+
+
+class _RowBuilder:
+    """Turns decoded records of one file into Rows; holds the file's detected format."""
+
+    def __init__(self, file: str, report: ReadReport, seen: dict[str, tuple[str, int]], group_field: str | None):
+        self.file = file
+        self.file_stem = Path(file).stem
+        self.report = report
+        self.seen = seen
+        self.group_field = group_field
+        self.format: str | None = None
+        self.format_line = 0
+
+    def build(self, record: dict, line: int) -> Row:
+        fmt = detect_format(record)
+        if fmt is None:
+            if self.format is None:
+                raise RowProblem(f"record matches no known format (keys: {_key_list(record)}); "
+                                 f"expected one of: {_expected_formats()}")
+            missing = [key for key in FORMAT_KEYS[self.format] if key not in record]
+            raise RowProblem(f"{self.format}: missing {', '.join(_show(key) for key in missing)} "
+                             f"(this file is {self.format}, detected at line {self.format_line})")
+        if self.format is None:
+            self.format, self.format_line = fmt, line
+            self.report.format = fmt
+        elif fmt != self.format:
+            raise RowProblem(f"record is in {fmt} format but this file is {self.format} "
+                             f"(detected at line {self.format_line})")
+
+        messages = normalise(record, fmt)
+        explicit_id = _explicit_id(record)
+        source = _source_of(record, self.file_stem)
+        group = _group_of(record, self.group_field)
+        if explicit_id is not None and not _is_valid_unicode(explicit_id):
+            raise RowProblem('"id" is not valid Unicode (unpaired surrogate)')
+        if not _is_valid_unicode(source) or (group is not None and not _is_valid_unicode(group)):
+            raise RowProblem("source or group is not valid Unicode (unpaired surrogate)")
+        content_hash = content_hash_of(messages)
+        row_id = explicit_id if explicit_id is not None else content_hash[:16]
+
+        first = self.seen.get(row_id)
+        if first is not None:
+            if explicit_id is not None:
+                raise RowProblem(f"duplicate id {explicit_id!r} (first seen at {first[0]}:{first[1]})")
+            raise RowProblem(f"duplicate row: same content as {first[0]}:{first[1]}")
+        self.seen[row_id] = (self.file, line)
+        return Row(row_id=row_id, content_hash=content_hash, messages=tuple(messages), format=fmt,
+                   file=self.file, line=line, source=source, group=group)
+
+
+def iter_rows(
+    path: Any,
+    *,
+    report: ReadReport | None = None,
+    on_error: str = "fail",
+    seen: dict[str, tuple[str, int]] | None = None,
+    group_field: str | None = None,
+) -> Iterator[Row]:
+    """Stream the good rows of one ``.jsonl`` / ``.json`` file.
+
+    Every bad record is appended to ``report.errors``.  With ``on_error="fail"`` a ``BadRowsError`` listing
+    all of this file's errors is raised once the file has been read to the end -- the good rows before it
+    have already been yielded, so callers stage rows and commit only if no exception came.  With
+    ``on_error="skip"`` bad rows are only recorded.  Whole-file problems raise ``FormatError`` (this is a
+    generator, so on the first ``next()``).
+
+    ``seen`` maps row_id -> (file, line); pass the same dict for several files to catch duplicates across
+    them.  Rows are entered as they are yielded, also in fail mode.  ``group_field`` is a dotted path
+    ("meta.subject") to the row's group; without it the first of AUTO_GROUP_FIELDS, at top level and then
+    inside "meta", is used.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
+    file = str(path)
+    report = report if report is not None else ReadReport(file=file, format=None)
+    seen = seen if seen is not None else {}
+    errors_before = len(report.errors)
+    location, kind = _open_checked(path, file)
+    builder = _RowBuilder(file, report, seen, group_field)
+
+    records_read = 0
+    first_problem: RowError | None = None
+    first_keys: str | None = None
+    parsed_any_json = False
+    try:
+        handle = open(location, "rb", buffering=_READ_CHUNK_BYTES)
+    except OSError as error:
+        raise FormatError(f"{file}: cannot open the file ({error.strerror}); check its permissions") from error
+    with handle:
+        source = _jsonl_records(handle, file, report) if kind == "jsonl" else _JsonArrayScanner(handle, file).records()
+        for line, record, problem in source:
+            records_read += 1
+            if problem is None:
+                parsed_any_json = True
+                if not isinstance(record, dict):
+                    problem = f"expected a JSON object, got {_json_type(record)}"
+                else:
+                    if first_keys is None:
+                        first_keys = _key_list(record)
+                    try:
+                        row = builder.build(record, line)
+                    except RowProblem as reason:
+                        problem = str(reason)
+            if problem is not None:
+                error = RowError(file, line, problem)
+                first_problem = first_problem or error
+                report.errors.append(error)
+                continue
+            report.rows += 1
+            yield row
+
+    if builder.format is None:
+        # No record detected as any format: the file as a whole is not instruction data we know.
+        if records_read == 0:
+            if kind == "json":
+                raise FormatError(f"{file}: the JSON array is empty: the file has no records")
+            raise FormatError(f"{file}: file is empty")
+        if first_keys is not None:
+            raise FormatError(
+                f"{file}: no record is in a known instruction format. The first record has keys: {first_keys}. "
+                f"Expected one of: {_expected_formats()}. Convert the file to one of these formats."
+            )
+        if not parsed_any_json:
+            raise FormatError(f"{file}: not JSON: no record could be parsed (first problem: {first_problem}); "
+                              "write one JSON object per line (.jsonl) or a JSON array of objects (.json)")
+        raise FormatError(f"{file}: no record is a JSON object (first problem: {first_problem}); "
+                          f"expected objects in one of: {_expected_formats()}")
+    new_errors = report.errors[errors_before:]
+    if on_error == "fail" and new_errors:
+        raise BadRowsError(new_errors)
+
+
+def read_rows(
+    paths: list, *, on_error: str = "fail", group_field: str | None = None
+) -> tuple[list[Row], list[ReadReport]]:
+    """Read several files into memory with one shared duplicate index.
+
+    In fail mode every file is still read to the end so that the ``BadRowsError`` lists the bad rows of
+    all files at once; ``FormatError`` stops at the first unreadable file.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
+    if isinstance(paths, (str, Path)):  # one path given on its own, not a list of its characters
+        paths = [paths]
+    seen: dict[str, tuple[str, int]] = {}
+    rows: list[Row] = []
+    reports: list[ReadReport] = []
+    for path in paths:
+        report = ReadReport(file=str(path), format=None)
+        reports.append(report)
+        rows.extend(iter_rows(path, report=report, on_error="skip", seen=seen, group_field=group_field))
+    errors = [error for report in reports for error in report.errors]
+    if on_error == "fail" and errors:
+        raise BadRowsError(errors)
+    return rows, reports

@@ -1,0 +1,202 @@
+"""Background jobs shared by the CLI and the app: start, watch, cancel and resume.
+
+A job is a row in the store plus a detached worker process (``python -m core run-job ID``, in its own session
+so that closing a terminal or a browser tab never stops it).  A live worker holds an exclusive ``flock`` on
+``jobs/<id>.lock``; the kernel drops it when the process dies, even by ``kill -9``, so "is this job alive?" is
+answered by trying the lock rather than by trusting a pid or a heartbeat.  A job whose row says running but
+whose lock is free was interrupted; resuming it starts a new worker that skips every finished chunk.
+Cancel is cooperative: the worker checks the job's status after each chunk it writes.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import FeatureSettings
+from core.store import Job, Store, now
+
+ACTIVE = ("queued", "running", "cancelling")
+QUEUED_GRACE_S = 60.0  # a worker has this long to take its lock after being spawned
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as a user should see it: the stored row, with ``status`` corrected for dead workers."""
+
+    job: Job
+    status: str
+    alive: bool
+
+    @property
+    def resumable(self) -> bool:
+        return self.status in ("interrupted", "cancelled", "failed")
+
+
+def lock_path(store: Store, job_id: str) -> Path:
+    return store.root / "jobs" / f"{job_id}.lock"
+
+
+def log_path(store: Store, job_id: str) -> Path:
+    return store.root / "jobs" / f"{job_id}.log"
+
+
+def worker_alive(store: Store, job_id: str) -> bool:
+    path = lock_path(store, job_id)
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def view(store: Store, job: Job) -> JobView:
+    alive = worker_alive(store, job.id)
+    status = job.status
+    if job.status in ACTIVE and not alive:
+        waiting = job.status == "queued" and (now() - (job.updated or job.created)).total_seconds() < QUEUED_GRACE_S
+        status = "queued" if waiting else "interrupted"
+    return JobView(job, status, alive)
+
+
+def job_view(store: Store, job_id: str) -> JobView | None:
+    job = store.job(job_id)
+    return view(store, job) if job else None
+
+
+def spawn_worker(store: Store, job_id: str) -> int:
+    """Start a detached worker process for the job and return its pid."""
+    folder = store.root / "jobs"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, G2IS_CACHE_DIR=str(store.root), PYTHONUNBUFFERED="1")
+    repo_root = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo_root), env.get("PYTHONPATH")]))
+    with open(log_path(store, job_id), "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "core", "run-job", job_id],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(repo_root),
+            env=env,
+            start_new_session=True,
+        )
+    store.update_job(job_id, pid=process.pid)
+    return process.pid
+
+
+def start_features_job(store: Store, project: str, settings: FeatureSettings, limit: int | None = None, spawn: bool = True) -> str:
+    job_id = store.create_job(project, "features", {"settings": settings.to_dict(), "limit": limit})
+    if spawn:
+        spawn_worker(store, job_id)
+    return job_id
+
+
+def find_resumable(store: Store, project: str, settings: FeatureSettings, limit: int | None) -> JobView | None:
+    """The latest unfinished features job of this project with the same settings, if any."""
+    wanted = {"settings": settings.to_dict(), "limit": limit}
+    for job in store.jobs(project):
+        if job.kind == "features" and _same_params(job.params, wanted):
+            current = view(store, job)
+            if current.status in ("queued", "running", "cancelling", "interrupted", "cancelled"):
+                return current
+            return None
+    return None
+
+
+def _same_params(left: dict, right: dict) -> bool:
+    return json.dumps(left, sort_keys=True, default=str) == json.dumps(right, sort_keys=True, default=str)
+
+
+def resume(store: Store, job_id: str) -> JobView:
+    current = job_view(store, job_id)
+    if current is None:
+        raise ValueError(f"no job {job_id!r}")
+    if current.alive:
+        return current
+    store.update_job(job_id, status="queued", message=None, finished=None)
+    spawn_worker(store, job_id)
+    return job_view(store, job_id)
+
+
+def cancel(store: Store, job_id: str) -> None:
+    store.request_cancel(job_id)
+
+
+def wait(store: Store, job_id: str, timeout: float | None = None, poll: float = 0.5) -> JobView:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        current = job_view(store, job_id)
+        if current.status not in ACTIVE:
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            return current
+        time.sleep(poll)
+
+
+@contextmanager
+def _hold_lock(store: Store, job_id: str):
+    path = lock_path(store, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"job {job_id} is already running in another process") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def run_job(store: Store, job_id: str) -> int:
+    """Body of a worker process (or of an inline run): executes the job and records how it ended."""
+    from core.featurize import Cancelled, run_features
+
+    job = store.job(job_id)
+    if job is None:
+        print(f"no job {job_id}", file=sys.stderr)
+        return 2
+    with _hold_lock(store, job_id):
+        if store.job(job_id).status == "cancelling":
+            store.update_job(job_id, status="cancelled", finished=now())
+            return 0
+        store.update_job(job_id, status="running", pid=os.getpid(), started=now(), message=None)
+        settings = FeatureSettings.from_dict(job.params["settings"])
+        def should_cancel() -> bool:
+            return store.job(job_id).status == "cancelling"
+
+        def report(progress) -> None:
+            store.update_job(job_id, **progress.fields())
+
+        try:
+            plan = run_features(
+                store, job.project, settings, job.params.get("limit"), job_id=job_id,
+                should_cancel=should_cancel, report=report, log=lambda text: print(text, flush=True),
+            )
+        except Cancelled:
+            store.update_job(job_id, status="cancelled", finished=now(), message="cancelled by the user; resume to continue")
+            return 0
+        except Exception as error:  # the job fails; the message and the log say why
+            traceback.print_exc()
+            store.update_job(job_id, status="failed", finished=now(), message=f"{type(error).__name__}: {error}")
+            return 1
+        missing = plan.rows_to_compute
+        store.update_job(
+            job_id, status="done", finished=now(), phase="done",
+            message="all features cached" if not missing else f"{missing} rows still missing",
+        )
+        return 0

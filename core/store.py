@@ -1,0 +1,561 @@
+"""The cache: one DuckDB catalogue plus feature chunk files.  All SQL of the project lives in this module.
+
+Layout under the cache root (``$G2IS_CACHE_DIR`` or ``cache/``)::
+
+    g2is.duckdb                       projects, rows, ingest reports, checkpoints, feature catalogue, jobs
+    features/<config_key>/<chunk>.npy raw projected features, one array per finished chunk
+    checkpoints/<key>/                warmup LoRA weights + Adam moments (safetensors)
+    jobs/<id>.log, jobs/<id>.lock     worker output, and the lock a live worker holds
+
+Why feature matrices live in .npy chunk files catalogued in DuckDB rather than in ``FLOAT[8192]`` columns
+(measured by ``bench/storage.py`` on this 2-core machine, 10,000 x 8192 float32): DuckDB took 6-7 s to insert
+and 1.4-1.6 s to read them back, .npy chunks 0.3 s to write and 0.1 s to open as a memory map that is read
+without copying the whole matrix.  More decisive than speed: DuckDB lets one process write at a time and a
+reader's open connection blocks the writer, so every second a job spends inside a write transaction is a
+second the app cannot read.  With chunk files a job writes the bulk data outside the database and holds the
+write lock only for a catalogue insert of a few hundred small rows.  Features keep float32 by default so that
+``dump-features`` hands out exactly what was computed; float16 is an option per feature config.
+
+Concurrency protocol (DuckDB allows one read-write process, and any open connection of another process blocks
+it): every operation opens a short-lived connection, does its work and closes it.  Opening retries with
+jittered backoff while another process holds the file, for up to ``busy_timeout`` seconds, so a job writing
+chunks and the app reading status never see a lock error.  Inside one process a lock serialises connections,
+because DuckDB refuses a read-only and a read-write connection to the same file in one process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from core.config import cache_dir
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS projects (
+    name VARCHAR PRIMARY KEY, created TIMESTAMP, settings VARCHAR);
+CREATE TABLE IF NOT EXISTS rows (
+    project VARCHAR, role VARCHAR, ordinal INTEGER, row_id VARCHAR, content_hash VARCHAR,
+    messages VARCHAR, format VARCHAR, source VARCHAR, file VARCHAR, line INTEGER, grp VARCHAR);
+CREATE TABLE IF NOT EXISTS ingest_files (
+    project VARCHAR, role VARCHAR, file VARCHAR, format VARCHAR, rows INTEGER, errors INTEGER, ingested TIMESTAMP);
+CREATE TABLE IF NOT EXISTS ingest_errors (
+    project VARCHAR, role VARCHAR, file VARCHAR, line INTEGER, reason VARCHAR);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    key VARCHAR PRIMARY KEY, run_key VARCHAR, epoch INTEGER, step INTEGER, learning_rate DOUBLE,
+    path VARCHAR, created TIMESTAMP);
+CREATE TABLE IF NOT EXISTS feature_configs (
+    key VARCHAR PRIMARY KEY, gradient_type VARCHAR, checkpoint_key VARCHAR, dim INTEGER, dtype VARCHAR,
+    description VARCHAR, created TIMESTAMP);
+CREATE TABLE IF NOT EXISTS feature_chunks (
+    config_key VARCHAR, chunk VARCHAR, path VARCHAR, n_rows INTEGER, created TIMESTAMP);
+CREATE TABLE IF NOT EXISTS features (
+    config_key VARCHAR, content_hash VARCHAR, chunk VARCHAR, chunk_offset INTEGER, norm FLOAT,
+    n_tokens INTEGER, truncated BOOLEAN);
+CREATE TABLE IF NOT EXISTS feature_errors (
+    config_key VARCHAR, content_hash VARCHAR, error VARCHAR);
+CREATE TABLE IF NOT EXISTS jobs (
+    id VARCHAR PRIMARY KEY, project VARCHAR, kind VARCHAR, params VARCHAR, status VARCHAR, phase VARCHAR,
+    done BIGINT, total BIGINT, errors BIGINT, rate DOUBLE, message VARCHAR, pid INTEGER,
+    created TIMESTAMP, started TIMESTAMP, updated TIMESTAMP, finished TIMESTAMP);
+CREATE TABLE IF NOT EXISTS throughput (
+    device VARCHAR, model_key VARCHAR, tokens_per_s DOUBLE, measured TIMESTAMP, PRIMARY KEY (device, model_key));
+"""
+
+ROLES = ("pool", "targets")
+_PROCESS_LOCKS: dict[str, threading.RLock] = {}
+_PROCESS_LOCKS_GUARD = threading.Lock()
+
+
+class StoreBusyError(RuntimeError):
+    """Another process kept the cache database locked for longer than the busy timeout."""
+
+
+class StoreError(RuntimeError):
+    """The cache is unusable (unreadable file, read-only folder, ...); the message says what to do."""
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    ordinal: int
+    row_id: str
+    content_hash: str
+    messages: list
+    format: str
+    source: str
+    file: str
+    line: int
+    group: str | None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    project: str
+    kind: str
+    params: dict
+    status: str  # queued | running | cancelling | cancelled | done | failed
+    phase: str | None
+    done: int
+    total: int
+    errors: int
+    rate: float | None  # rows per second in the current run
+    message: str | None
+    pid: int | None
+    created: datetime
+    started: datetime | None
+    updated: datetime | None
+    finished: datetime | None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if not self.rate or self.total <= self.done:
+            return None
+        return (self.total - self.done) / self.rate
+
+
+@dataclass(frozen=True)
+class FeatureRowEntry:
+    content_hash: str
+    chunk_offset: int
+    norm: float
+    n_tokens: int
+    truncated: bool
+
+
+class Store:
+    def __init__(self, root: Path | str | None = None, busy_timeout: float = 120.0):
+        self.root = Path(root).resolve() if root is not None else cache_dir()
+        self.path = self.root / "g2is.duckdb"
+        self.busy_timeout = busy_timeout
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create the cache folder {self.root}: {error.strerror}; set G2IS_CACHE_DIR") from error
+        with _PROCESS_LOCKS_GUARD:
+            self._lock = _PROCESS_LOCKS.setdefault(str(self.path), threading.RLock())
+        with self._connect(write=True) as con:
+            con.execute(SCHEMA)
+
+    # ------------------------------------------------------------------------------------ connections
+
+    @contextmanager
+    def _connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            deadline = time.monotonic() + self.busy_timeout
+            delay = 0.01
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path), read_only=not write)
+                    break
+                except duckdb.IOException as error:
+                    text = str(error)
+                    if "lock" not in text.lower():
+                        raise StoreError(f"cannot open the cache database {self.path}: {text}") from error
+                    if time.monotonic() > deadline:
+                        raise StoreBusyError(
+                            f"the cache database {self.path} stayed locked by another process for "
+                            f"{self.busy_timeout:.0f} s: {text}"
+                        ) from error
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 1.6, 0.25)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._connect(write=True) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    # ------------------------------------------------------------------------------------ projects
+
+    def ensure_project(self, name: str, settings: dict | None = None) -> None:
+        with self._transaction() as con:
+            exists = con.execute("SELECT 1 FROM projects WHERE name = ?", [name]).fetchone()
+            if not exists:
+                con.execute("INSERT INTO projects VALUES (?, ?, ?)", [name, now(), json.dumps(settings or {})])
+            elif settings is not None:
+                con.execute("UPDATE projects SET settings = ? WHERE name = ?", [json.dumps(settings), name])
+
+    def projects(self) -> list[str]:
+        with self._connect() as con:
+            return [r[0] for r in con.execute("SELECT name FROM projects ORDER BY name").fetchall()]
+
+    def project_settings(self, name: str) -> dict | None:
+        with self._connect() as con:
+            row = con.execute("SELECT settings FROM projects WHERE name = ?", [name]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    # ------------------------------------------------------------------------------------ rows
+
+    def replace_rows(self, project: str, role: str, staged: Path, files: Sequence[dict], errors: Sequence[dict]) -> int:
+        """Atomically replace a project's pool or targets with the rows staged in a parquet file."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        with self._transaction() as con:
+            if not con.execute("SELECT 1 FROM projects WHERE name = ?", [project]).fetchone():
+                con.execute("INSERT INTO projects VALUES (?, ?, ?)", [project, now(), "{}"])
+            for table in ("rows", "ingest_files", "ingest_errors"):
+                con.execute(f"DELETE FROM {table} WHERE project = ? AND role = ?", [project, role])
+            con.execute(
+                "INSERT INTO rows SELECT ?, ?, ordinal, row_id, content_hash, messages, format, source, file, line, grp "
+                "FROM read_parquet(?) ORDER BY ordinal",
+                [project, role, str(staged)],
+            )
+            stamp = now()
+            for info in files:
+                con.execute(
+                    "INSERT INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [project, role, info["file"], info["format"], info["rows"], info["errors"], stamp],
+                )
+            if errors:
+                table = pa.table(
+                    {
+                        "file": [e["file"] for e in errors],
+                        "line": [e["line"] for e in errors],
+                        "reason": [e["reason"] for e in errors],
+                    }
+                )
+                con.register("staged_errors", table)
+                con.execute("INSERT INTO ingest_errors SELECT ?, ?, file, line, reason FROM staged_errors", [project, role])
+            return con.execute("SELECT count(*) FROM rows WHERE project = ? AND role = ?", [project, role]).fetchone()[0]
+
+    def rows(self, project: str, role: str, limit: int | None = None) -> list[StoredRow]:
+        sql = (
+            "SELECT ordinal, row_id, content_hash, messages, format, source, file, line, grp FROM rows "
+            "WHERE project = ? AND role = ? ORDER BY ordinal"
+        )
+        params: list = [project, role]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._connect() as con:
+            result = con.execute(sql, params).fetchall()
+        return [StoredRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in result]
+
+    def row_counts(self, project: str) -> dict[str, int]:
+        with self._connect() as con:
+            result = con.execute("SELECT role, count(*) FROM rows WHERE project = ? GROUP BY role", [project]).fetchall()
+        return {role: 0 for role in ROLES} | dict(result)
+
+    def ingest_report(self, project: str) -> dict:
+        with self._connect() as con:
+            files = con.execute(
+                "SELECT role, file, format, rows, errors, ingested FROM ingest_files WHERE project = ? ORDER BY role, file",
+                [project],
+            ).fetchall()
+            errors = con.execute(
+                "SELECT role, file, line, reason FROM ingest_errors WHERE project = ? ORDER BY role, file, line",
+                [project],
+            ).fetchall()
+        return {
+            "files": [dict(zip(("role", "file", "format", "rows", "errors", "ingested"), f)) for f in files],
+            "errors": [dict(zip(("role", "file", "line", "reason"), e)) for e in errors],
+        }
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self, key: str) -> dict | None:
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT key, run_key, epoch, step, learning_rate, path FROM checkpoints WHERE key = ?", [key]
+            ).fetchone()
+        if row is None or not Path(row[5]).is_dir():
+            return None
+        return dict(zip(("key", "run_key", "epoch", "step", "learning_rate", "path"), row))
+
+    def add_checkpoint(self, key: str, run_key: str, epoch: int, step: int, learning_rate: float, path: Path) -> None:
+        with self._transaction() as con:
+            con.execute("DELETE FROM checkpoints WHERE key = ?", [key])
+            con.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [key, run_key, epoch, step, learning_rate, str(path), now()],
+            )
+
+    def checkpoint_dir(self, key: str) -> Path:
+        return self.root / "checkpoints" / key
+
+    # ------------------------------------------------------------------------------------ features
+
+    def register_feature_config(self, key: str, gradient_type: str, checkpoint_key: str, dim: int, dtype: str, description: dict) -> None:
+        with self._transaction() as con:
+            if not con.execute("SELECT 1 FROM feature_configs WHERE key = ?", [key]).fetchone():
+                con.execute(
+                    "INSERT INTO feature_configs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [key, gradient_type, checkpoint_key, dim, dtype, json.dumps(description), now()],
+                )
+
+    def feature_dir(self, config_key: str) -> Path:
+        return self.root / "features" / config_key
+
+    def finished_hashes(self, config_key: str) -> set[str]:
+        """Content hashes that already have a feature or a recorded error under this config."""
+        with self._connect() as con:
+            done = con.execute(
+                "SELECT content_hash FROM features WHERE config_key = ? "
+                "UNION SELECT content_hash FROM feature_errors WHERE config_key = ?",
+                [config_key, config_key],
+            ).fetchall()
+        return {r[0] for r in done}
+
+    def chunk_files(self, config_key: str) -> set[str]:
+        with self._connect() as con:
+            return {r[0] for r in con.execute("SELECT path FROM feature_chunks WHERE config_key = ?", [config_key]).fetchall()}
+
+    def write_chunk(
+        self,
+        config_key: str,
+        chunk_prefix: str,
+        matrix: np.ndarray,
+        entries: Sequence[FeatureRowEntry],
+        errors: Sequence[tuple[str, str]],
+        dtype: str = "float32",
+        job_progress: tuple[str, dict] | None = None,
+    ) -> str | None:
+        """Persist one finished chunk: the .npy file first (atomic rename), then its catalogue rows, the row
+        errors and the job's progress in one transaction.  A crash before the commit leaves an orphan file
+        that ``remove_orphan_chunks`` deletes; a crash after it loses nothing."""
+        chunk = None
+        if len(entries):
+            chunk = f"{chunk_prefix}-{uuid.uuid4().hex[:8]}"
+            folder = self.feature_dir(config_key)
+            folder.mkdir(parents=True, exist_ok=True)
+            final = folder / f"{chunk}.npy"
+            partial = folder / f"{chunk}.partial"
+            with open(partial, "wb") as handle:
+                np.save(handle, np.ascontiguousarray(matrix, dtype=np.dtype(dtype)))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, final)
+        with self._transaction() as con:
+            if chunk is not None:
+                con.execute(
+                    "INSERT INTO feature_chunks VALUES (?, ?, ?, ?, ?)",
+                    [config_key, chunk, str(self.feature_dir(config_key) / f"{chunk}.npy"), len(entries), now()],
+                )
+                table = pa.table(
+                    {
+                        "content_hash": [e.content_hash for e in entries],
+                        "chunk_offset": [e.chunk_offset for e in entries],
+                        "norm": pa.array([e.norm for e in entries], pa.float32()),
+                        "n_tokens": [e.n_tokens for e in entries],
+                        "truncated": [e.truncated for e in entries],
+                    }
+                )
+                con.register("staged_features", table)
+                # Another job may have finished the same row under the same config meanwhile: keep the first.
+                con.execute(
+                    "INSERT INTO features SELECT ?, s.content_hash, ?, s.chunk_offset, s.norm, s.n_tokens, s.truncated "
+                    "FROM staged_features s WHERE NOT EXISTS (SELECT 1 FROM features f "
+                    "WHERE f.config_key = ? AND f.content_hash = s.content_hash)",
+                    [config_key, chunk, config_key],
+                )
+            if errors:
+                con.register("staged_errors", pa.table({"content_hash": [e[0] for e in errors], "error": [e[1] for e in errors]}))
+                con.execute(
+                    "INSERT INTO feature_errors SELECT ?, s.content_hash, s.error FROM staged_errors s "
+                    "WHERE NOT EXISTS (SELECT 1 FROM feature_errors f WHERE f.config_key = ? AND f.content_hash = s.content_hash)",
+                    [config_key, config_key],
+                )
+            if job_progress is not None:
+                self._update_job(con, *job_progress)
+        return chunk
+
+    def remove_orphan_chunks(self, config_key: str, chunk_prefix: str) -> int:
+        """Delete this job's chunk files that never made it into the catalogue (killed between file and commit)."""
+        folder = self.feature_dir(config_key)
+        if not folder.is_dir():
+            return 0
+        known = self.chunk_files(config_key)
+        removed = 0
+        for file in folder.iterdir():
+            if file.name.startswith(chunk_prefix + "-") and str(file) not in known:
+                file.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def feature_rows(self, project: str, role: str, config_key: str) -> list[tuple]:
+        """(ordinal, row_id, chunk path, offset, norm) of the project's rows that have features, in stored order."""
+        with self._connect() as con:
+            return con.execute(
+                "SELECT r.ordinal, r.row_id, c.path, f.chunk_offset, f.norm FROM rows r "
+                "JOIN features f ON f.content_hash = r.content_hash AND f.config_key = ? "
+                "JOIN feature_chunks c ON c.config_key = f.config_key AND c.chunk = f.chunk "
+                "WHERE r.project = ? AND r.role = ? ORDER BY r.ordinal",
+                [config_key, project, role],
+            ).fetchall()
+
+    def feature_matrix(self, project: str, role: str, config_key: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Row ids, raw projected features [N, K] float32 and their norms, in stored row order.
+
+        Chunk files are opened as memory maps and only the needed rows are copied out."""
+        entries = self.feature_rows(project, role, config_key)
+        if not entries:
+            return [], np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32)
+        maps: dict[str, np.ndarray] = {}
+        first = np.load(entries[0][2], mmap_mode="r")
+        out = np.empty((len(entries), first.shape[1]), dtype=np.float32)
+        for i, (_, _, path, offset, _) in enumerate(entries):
+            if path not in maps:
+                maps[path] = np.load(path, mmap_mode="r")
+            out[i] = maps[path][offset]
+        return [e[1] for e in entries], out, np.array([e[4] for e in entries], dtype=np.float32)
+
+    def feature_progress(self, project: str, role: str, config_key: str) -> dict:
+        with self._connect() as con:
+            total, done, failed, truncated = con.execute(
+                "SELECT count(*), count(f.content_hash), count(e.content_hash), count_if(f.truncated) FROM rows r "
+                "LEFT JOIN features f ON f.content_hash = r.content_hash AND f.config_key = ? "
+                "LEFT JOIN feature_errors e ON e.content_hash = r.content_hash AND e.config_key = ? "
+                "WHERE r.project = ? AND r.role = ?",
+                [config_key, config_key, project, role],
+            ).fetchone()
+        return {"rows": total, "features": done, "errors": failed, "truncated": truncated or 0}
+
+    def project_features(self, project: str) -> list[dict]:
+        """Per feature config that covers any of the project's rows: role, gradient type, epoch and counts."""
+        with self._connect() as con:
+            result = con.execute(
+                "SELECT c.key, r.role, c.gradient_type, c.description, count(*), count(f.content_hash), "
+                "count(e.content_hash), count_if(f.truncated), min(c.created) FROM feature_configs c "
+                "JOIN rows r ON r.project = ? AND r.role = json_extract_string(c.description, '$.role') "
+                "LEFT JOIN features f ON f.config_key = c.key AND f.content_hash = r.content_hash "
+                "LEFT JOIN feature_errors e ON e.config_key = c.key AND e.content_hash = r.content_hash "
+                "GROUP BY c.key, r.role, c.gradient_type, c.description HAVING count(f.content_hash) + count(e.content_hash) > 0 "
+                "ORDER BY min(c.created), r.role",
+                [project],
+            ).fetchall()
+        return [
+            {"config": key, "role": role, "gradient_type": gtype, "epoch": json.loads(desc).get("epoch"),
+             "rows": total, "features": done, "errors": failed, "truncated": truncated or 0}
+            for key, role, gtype, desc, total, done, failed, truncated, _ in result
+        ]
+
+    def feature_errors(self, project: str, role: str, config_key: str) -> list[tuple[str, str]]:
+        with self._connect() as con:
+            return con.execute(
+                "SELECT r.row_id, e.error FROM rows r JOIN feature_errors e ON e.content_hash = r.content_hash "
+                "AND e.config_key = ? WHERE r.project = ? AND r.role = ? ORDER BY r.ordinal",
+                [config_key, project, role],
+            ).fetchall()
+
+    # ------------------------------------------------------------------------------------ jobs
+
+    def create_job(self, project: str, kind: str, params: dict, total: int = 0) -> str:
+        job_id = f"{kind}-{uuid.uuid4().hex[:10]}"
+        with self._transaction() as con:
+            con.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, 'queued', NULL, 0, ?, 0, NULL, NULL, NULL, ?, NULL, ?, NULL)",
+                [job_id, project, kind, json.dumps(params), total, now(), now()],
+            )
+        return job_id
+
+    _JOB_FIELDS = ("status", "phase", "done", "total", "errors", "rate", "message", "pid", "started", "finished")
+
+    @classmethod
+    def _update_job(cls, con, job_id: str, fields: dict) -> None:
+        unknown = set(fields) - set(cls._JOB_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown job fields {unknown}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        con.execute(f"UPDATE jobs SET {assignments}, updated = ? WHERE id = ?", [*fields.values(), now(), job_id])
+
+    def update_job(self, job_id: str, **fields) -> None:
+        with self._transaction() as con:
+            self._update_job(con, job_id, fields)
+
+    def request_cancel(self, job_id: str) -> None:
+        with self._transaction() as con:
+            con.execute(
+                "UPDATE jobs SET status = 'cancelling', updated = ? WHERE id = ? AND status IN ('queued', 'running')",
+                [now(), job_id],
+            )
+
+    _JOB_COLUMNS = "id, project, kind, params, status, phase, done, total, errors, rate, message, pid, created, started, updated, finished"
+
+    @staticmethod
+    def _job(row) -> Job:
+        values = list(row)
+        values[3] = json.loads(values[3])
+        return Job(*values)
+
+    def job(self, job_id: str) -> Job | None:
+        with self._connect() as con:
+            row = con.execute(f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE id = ?", [job_id]).fetchone()
+        return self._job(row) if row else None
+
+    def jobs(self, project: str | None = None) -> list[Job]:
+        sql = f"SELECT {self._JOB_COLUMNS} FROM jobs"
+        params: list = []
+        if project is not None:
+            sql += " WHERE project = ?"
+            params.append(project)
+        with self._connect() as con:
+            return [self._job(r) for r in con.execute(sql + " ORDER BY created DESC", params).fetchall()]
+
+    # ------------------------------------------------------------------------------------ throughput
+
+    def record_throughput(self, device: str, model_key: str, tokens_per_s: float) -> None:
+        with self._transaction() as con:
+            con.execute("DELETE FROM throughput WHERE device = ? AND model_key = ?", [device, model_key])
+            con.execute("INSERT INTO throughput VALUES (?, ?, ?, ?)", [device, model_key, tokens_per_s, now()])
+
+    def throughput(self, device: str, model_key: str) -> float | None:
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT tokens_per_s FROM throughput WHERE device = ? AND model_key = ?", [device, model_key]
+            ).fetchone()
+        return row[0] if row else None
+
+
+def stage_rows_parquet(path: Path, rows: Iterable[dict], batch_rows: int = 5000) -> int:
+    """Stream row dicts into a parquet file (bounded memory) for ``Store.replace_rows``."""
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("ordinal", pa.int32()),
+            ("row_id", pa.string()),
+            ("content_hash", pa.string()),
+            ("messages", pa.string()),
+            ("format", pa.string()),
+            ("source", pa.string()),
+            ("file", pa.string()),
+            ("line", pa.int32()),
+            ("grp", pa.string()),
+        ]
+    )
+    count = 0
+    with pq.ParquetWriter(str(path), schema) as writer:
+        batch: list[dict] = []
+        for row in rows:
+            batch.append(row)
+            count += 1
+            if len(batch) >= batch_rows:
+                writer.write_table(pa.Table.from_pylist(batch, schema))
+                batch = []
+        writer.write_table(pa.Table.from_pylist(batch, schema))
+    return count

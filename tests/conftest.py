@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny random Llama with a BPE tokenizer trained on the spot, and a fresh cache per test.
+
+The tiny model is saved with ``save_pretrained`` and loaded back through the same code path as a real model
+folder, so tests exercise real loading, real chat templates, real forward and backward passes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHATML_WITH_GENERATION_TAGS = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' + '\n' }}{% endgeneration %}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+TRAINING_TEXT = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "Write a Python function that returns the sum of a list of numbers. def total(xs): return sum(xs)",
+    "Summarize the paragraph in one sentence. The city council voted to build a new park downtown.",
+    "What is the capital of France? The capital of France is Paris.",
+    "Convert 5 kilometres to metres. 5 km = 5000 m. So the answer is 5000.",
+    "Rewrite the sentence in the passive voice: The cat chased the mouse. The mouse was chased by the cat.",
+]
+
+
+def build_tiny_model(folder: Path, chat_template: str = CHATML, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(TRAINING_TEXT * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        chat_template=chat_template,
+    )
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_with_tags_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-tags"), CHATML_WITH_GENERATION_TAGS)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch) -> Path:
+    """A fresh cache folder, also seen by subprocesses through G2IS_CACHE_DIR."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("G2IS_CACHE_DIR", str(root))
+    return root
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def chat_rows(n: int, prefix: str = "row", words: int = 12) -> list[dict]:
+    """Varied small chat rows (different lengths and contents) for pipeline tests."""
+    base = TRAINING_TEXT
+    rows = []
+    for i in range(n):
+        question = f"{base[i % len(base)]} Question {prefix} {i}?"
+        answer = " ".join(base[(i + 1) % len(base)].split()[: 4 + (i * 7) % words]) + f" ({i})"
+        rows.append({"id": f"{prefix}-{i}", "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+    return rows
+
+
+def subprocess_env(cache_root: Path) -> dict:
+    env = dict(os.environ, G2IS_CACHE_DIR=str(cache_root), PYTHONPATH=str(REPO))
+    return env

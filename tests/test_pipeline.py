@@ -1,0 +1,245 @@
+"""The feature pipeline end to end on the tiny model: ingest -> features -> status -> dump, caching,
+background workers, resume after a real ``kill -9``, and reading from another process while a job writes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, chat_rows, subprocess_env, write_jsonl
+from core import jobs
+from core.cli import main
+from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
+from core.featurize import plan_features, run_features
+from core.store import Store
+
+
+def tiny_settings(model_dir: Path, **changes) -> FeatureSettings:
+    base = FeatureSettings(
+        model=str(model_dir),
+        max_tokens=64,
+        projection=ProjectionArguments(dim=256),
+        warmup=WarmupArguments(fraction=0.1, epochs=1, batch_size=2),
+        chunk_rows=16,
+    )
+    return base.replace(**changes)
+
+
+def make_project(tmp_path: Path, store: Store, n_pool: int = 40, n_targets: int = 6, project: str = "p") -> None:
+    from core.ingest import ingest_files
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", chat_rows(n_pool, "pool"))
+    targets = write_jsonl(tmp_path / "targets.jsonl", [dict(r, group=f"g{i % 2}") for i, r in enumerate(chat_rows(n_targets, "target"))])
+    ingest_files(store, project, "pool", [pool])
+    ingest_files(store, project, "targets", [targets])
+
+
+def test_cli_ingest_features_status_dump_and_cache(tmp_path, cache, tiny_model_dir, capsys):
+    pool = write_jsonl(tmp_path / "pool.jsonl", chat_rows(30, "pool"))
+    targets = write_jsonl(tmp_path / "targets.jsonl", chat_rows(5, "target"))
+    assert main(["ingest", "--project", "demo1", "--pool", str(pool), "--targets", str(targets)]) == 0
+    assert "30 pool rows, 5 target rows" in capsys.readouterr().out
+    args = ["features", "--project", "demo1", "--model", str(tiny_model_dir), "--max-tokens", "64", "--proj-dim", "256",
+            "--warmup-fraction", "0.2", "--inline"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "estimate:" in out and "tokens" in out and "MiB" in out
+    # second run: everything comes from the cache
+    assert main(args[:-1]) == 0
+    assert "features cached" in capsys.readouterr().out
+
+    assert main(["status", "--project", "demo1", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["rows"] == {"pool": 30, "targets": 5}
+    by_role = {f["role"]: f for f in status["features"]}
+    assert by_role["pool"]["features"] == 30 and by_role["pool"]["gradient_type"] == "adam"
+    assert by_role["targets"]["features"] == 5 and by_role["targets"]["gradient_type"] == "sgd"
+    assert status["jobs"][0]["status"] == "done"
+
+    out_dir = tmp_path / "dump"
+    assert main(["dump-features", "--project", "demo1", "--out", str(out_dir)]) == 0
+    pool_features = np.load(out_dir / "pool.npy")
+    target_features = np.load(out_dir / "targets.npy")
+    assert pool_features.dtype == np.float32 and pool_features.shape == (30, 256)
+    assert target_features.shape == (5, 256)
+    assert json.loads((out_dir / "pool_ids.json").read_text()) == [f"pool-{i}" for i in range(30)]
+    assert json.loads((out_dir / "target_ids.json").read_text()) == [f"target-{i}" for i in range(5)]
+    assert np.isfinite(pool_features).all() and (np.linalg.norm(pool_features, axis=1) > 0).all()
+    # raw (un-normalised) features: norms vary from row to row
+    assert np.std(np.linalg.norm(target_features, axis=1)) > 0
+
+
+def test_features_are_reproducible_and_shared_across_limits(tmp_path, cache, tiny_model_dir):
+    store = Store()
+    make_project(tmp_path, store, n_pool=24)
+    settings = tiny_settings(tiny_model_dir)
+    run_features(store, "p", settings, limit=10, log=lambda _: None)
+    plan = plan_features(store, "p", settings)
+    assert plan.rows_to_compute == 14  # the first 10 pool rows (and the 6 targets) are cached
+    run_features(store, "p", settings, log=lambda _: None)
+    pool_config = plan.config_for("pool")
+    ids, first, norms = store.feature_matrix("p", "pool", pool_config.key)
+    assert len(ids) == 24 and np.allclose(np.linalg.norm(first, axis=1), norms, rtol=1e-5)
+
+    other = Store(tmp_path / "other-cache")
+    make_project(tmp_path, other, n_pool=24)
+    run_features(other, "p", settings, log=lambda _: None)
+    _, second, _ = other.feature_matrix("p", "pool", pool_config.key)
+    assert np.array_equal(first, second)  # same inputs, same seed: bit-identical features
+
+
+def test_background_worker_and_bad_rows_are_recorded(tmp_path, cache, tiny_model_dir):
+    store = Store()
+    make_project(tmp_path, store, n_pool=12)
+    # a row whose prompt fills the whole token budget cannot be trained on: recorded, and the job goes on
+    from core.ingest import ingest_files
+
+    rows = chat_rows(12, "pool") + [{"id": "too-long", "messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]}]
+    ingest_files(store, "p", "pool", [write_jsonl(tmp_path / "pool2.jsonl", rows)])
+    settings = tiny_settings(tiny_model_dir)
+    job_id = jobs.start_features_job(store, "p", settings)
+    final = jobs.wait(store, job_id, timeout=180)
+    assert final.status == "done", (final, jobs.log_path(store, job_id).read_text()[-2000:])
+    plan = plan_features(store, "p", settings)
+    pool_key = plan.config_for("pool").key
+    progress = store.feature_progress("p", "pool", pool_key)
+    assert (progress["rows"], progress["features"], progress["errors"]) == (13, 12, 1)
+    assert 0 < progress["truncated"] < 12  # some answers run past 64 tokens: kept, truncated, and counted
+    assert store.feature_errors("p", "pool", pool_key) == [("too-long", "answer truncated away: the prompt alone is longer than max_tokens=64")]
+    assert final.job.errors == 1 and final.job.done == final.job.total
+    assert not final.alive
+
+
+def _wait_for(predicate, timeout: float, poll: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError("condition not reached in time")
+
+
+def test_resume_after_kill_9_recomputes_nothing_and_loses_nothing(tmp_path, cache, tiny_model_dir):
+    store = Store()
+    make_project(tmp_path, store, n_pool=400)
+    settings = tiny_settings(tiny_model_dir, chunk_rows=8, max_tokens=128)
+    job_id = jobs.start_features_job(store, "p", settings)
+    plan = plan_features(store, "p", settings)
+    pool_key = plan.config_for("pool").key
+
+    def chunks():
+        return store.chunk_files(pool_key)
+
+    _wait_for(lambda: len(chunks()) >= 3, timeout=180)
+    pid = store.job(job_id).pid
+    os.killpg(pid, signal.SIGKILL)
+    _wait_for(lambda: not jobs.worker_alive(store, job_id), timeout=10)
+    assert jobs.job_view(store, job_id).status == "interrupted"
+    before = {path: (Path(path).stat().st_mtime_ns, np.load(path).copy()) for path in chunks()}
+    done_before = store.feature_progress("p", "pool", pool_key)["features"]
+    assert 0 < done_before < 400
+
+    jobs.resume(store, job_id)
+    final = jobs.wait(store, job_id, timeout=300)
+    assert final.status == "done", jobs.log_path(store, job_id).read_text()[-2000:]
+    progress = store.feature_progress("p", "pool", pool_key)
+    assert progress["features"] == 400 and progress["errors"] == 0
+    after = chunks()
+    for path, (mtime, data) in before.items():  # finished chunks untouched
+        assert path in after and Path(path).stat().st_mtime_ns == mtime and np.array_equal(np.load(path), data)
+    # nothing computed twice: the chunk files hold exactly one row per pool row, and no orphan files remain
+    files = sorted(store.feature_dir(pool_key).glob("*"))
+    assert sorted(map(str, files)) == sorted(after)
+    assert sum(np.load(f).shape[0] for f in files) == 400
+
+    # and the result equals an uninterrupted run
+    clean = Store(tmp_path / "clean")
+    make_project(tmp_path, clean, n_pool=400)
+    run_features(clean, "p", settings, log=lambda _: None)
+    assert np.array_equal(store.feature_matrix("p", "pool", pool_key)[1], clean.feature_matrix("p", "pool", pool_key)[1])
+
+
+READER = r"""
+import json, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from core.store import Store
+store, job_id, pool_key, seconds = Store(), sys.argv[2], sys.argv[3], float(sys.argv[4])
+seen, reads, last = [], 0, -1
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    job = store.job(job_id)
+    ids, matrix, norms = store.feature_matrix("p", "pool", pool_key)
+    progress = store.feature_progress("p", "pool", pool_key)
+    # each read is its own snapshot: the matrix (read first) never runs ahead of the count read after it
+    assert matrix.shape[0] == len(ids) == len(norms) == len(set(ids)) <= progress["features"], (matrix.shape, progress)
+    if len(ids):
+        assert np.allclose(np.linalg.norm(matrix, axis=1), norms, rtol=1e-4), "catalogue and chunk files disagree"
+    assert matrix.shape[0] >= last, "feature count went backwards"
+    last = matrix.shape[0]
+    seen.append(last)
+    reads += 1
+    if job.status in ("done", "failed"):
+        break
+print(json.dumps({"reads": reads, "seen": sorted(set(seen)), "status": job.status}))
+"""
+
+
+def test_another_process_reads_while_a_job_writes(tmp_path, cache, tiny_model_dir):
+    store = Store()
+    make_project(tmp_path, store, n_pool=300)
+    settings = tiny_settings(tiny_model_dir, chunk_rows=4, max_tokens=128)
+    plan = plan_features(store, "p", settings)
+    pool_key = plan.config_for("pool").key
+    job_id = jobs.start_features_job(store, "p", settings)
+    reader = subprocess.run(
+        [sys.executable, "-c", READER, str(REPO), job_id, pool_key, "240"],
+        capture_output=True, text=True, env=subprocess_env(cache), timeout=300,
+    )
+    assert reader.returncode == 0, reader.stderr[-3000:]
+    result = json.loads(reader.stdout)
+    assert result["status"] == "done"
+    assert result["reads"] > 5 and len(result["seen"]) > 3  # it really read while chunks were landing
+    assert result["seen"][-1] == 300
+    assert jobs.wait(store, job_id, timeout=60).status == "done"
+
+
+def test_cancel_then_resume(tmp_path, cache, tiny_model_dir):
+    store = Store()
+    make_project(tmp_path, store, n_pool=300)
+    settings = tiny_settings(tiny_model_dir, chunk_rows=4, max_tokens=128)
+    pool_key = plan_features(store, "p", settings).config_for("pool").key
+    job_id = jobs.start_features_job(store, "p", settings)
+    _wait_for(lambda: len(store.chunk_files(pool_key)) >= 2, timeout=180)
+    jobs.cancel(store, job_id)
+    cancelled = jobs.wait(store, job_id, timeout=60)
+    assert cancelled.status == "cancelled" and cancelled.resumable
+    partial = store.feature_progress("p", "pool", pool_key)["features"]
+    assert 0 < partial < 300
+    assert jobs.find_resumable(store, "p", settings, None).job.id == job_id
+    jobs.resume(store, job_id)
+    assert jobs.wait(store, job_id, timeout=300).status == "done"
+    assert store.feature_progress("p", "pool", pool_key)["features"] == 300
+
+
+def test_clear_errors_for_missing_project_rows_and_model(tmp_path, cache, tiny_model_dir, capsys):
+    assert main(["features", "--project", "nothing", "--model", str(tiny_model_dir), "--inline"]) == 1
+    assert "has no pool rows" in capsys.readouterr().err
+    rows = chat_rows(3)
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows + [rows[1]])
+    assert main(["ingest", "--project", "q", "--pool", str(pool), "--targets", str(pool)]) == 1
+    err = capsys.readouterr().err
+    assert f"{pool}:4: duplicate id 'row-1'" in err and "line" not in Store().row_counts("q")  # nothing written
+    assert Store().row_counts("q") == {"pool": 0, "targets": 0}
+    assert main(["ingest", "--project", "q", "--pool", str(pool), "--targets", str(pool), "--on-error", "skip"]) == 0
+    assert "3 rows (messages), 1 skipped" in capsys.readouterr().out
+    assert main(["features", "--project", "q", "--model", str(tmp_path / "missing-model"), "--inline"]) == 1
+    assert "neither 'smollm2'" in capsys.readouterr().err

@@ -1,0 +1,87 @@
+"""Projection determinism (same seed -> same matrix, also in another process) and distortion."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from core.projection import CountSketchProjector, RademacherProjector, splitmix64
+
+
+def _low_rank_gradients(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """Gradient-like vectors: a few shared directions plus noise, so pairwise cosines spread out."""
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.randn(8, d, generator=generator)
+    weights = torch.randn(n, 8, generator=generator)
+    return weights @ basis + 0.3 * torch.randn(n, d, generator=generator)
+
+
+def _pairwise_cosines(x: torch.Tensor) -> np.ndarray:
+    unit = torch.nn.functional.normalize(x.double(), dim=1)
+    sims = (unit @ unit.T).numpy()
+    return sims[np.triu_indices(len(x), 1)]
+
+
+def test_splitmix64_known_values():
+    # Reference values of SplitMix64 (Vigna) for state increments from seed 0: the same bits on every machine.
+    first = splitmix64(np.array([0], dtype=np.uint64))[0]
+    assert int(first) == 0xE220A8397B1DCDAF
+
+
+@pytest.mark.parametrize("make", [lambda: CountSketchProjector(512, seed=7), lambda: CountSketchProjector(512, seed=7, sparsity=4), lambda: RademacherProjector(512, seed=7, block_rows=1000)])
+def test_same_seed_same_projection_and_other_seed_differs(make):
+    grads = _low_rank_gradients(6, 3000)
+    a = make().project(grads)
+    b = make().project(grads)
+    assert torch.equal(a, b)
+    other = type(make())(512, seed=8).project(grads)
+    assert not torch.allclose(a, other)
+
+
+def test_projection_is_identical_in_another_process(tmp_path):
+    grads = _low_rank_gradients(3, 2000)
+    torch.save(grads, tmp_path / "grads.pt")
+    here = {
+        "cs": CountSketchProjector(256, seed=3, sparsity=2).project(grads).numpy(),
+        "rad": RademacherProjector(256, seed=3, block_rows=700).project(grads).numpy(),
+    }
+    code = (
+        "import sys, numpy as np, torch; sys.path.insert(0, sys.argv[1]);"
+        "from core.projection import CountSketchProjector as C, RademacherProjector as R;"
+        "x = torch.load(sys.argv[2], weights_only=True); np.save(sys.stdout.buffer, np.concatenate([C(256, seed=3, sparsity=2).project(x).numpy(), R(256, seed=3, block_rows=700).project(x).numpy()]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(REPO), str(tmp_path / "grads.pt")], capture_output=True, check=True, cwd=str(REPO)).stdout
+    import io
+
+    there = np.load(io.BytesIO(out))
+    assert np.array_equal(there[:3], here["cs"]) and np.array_equal(there[3:], here["rad"])
+
+
+def test_hash_buckets_are_balanced_and_signs_unbiased():
+    buckets, signs = CountSketchProjector(1024, seed=0).hashes(200_000)
+    counts = np.bincount(buckets[0].numpy(), minlength=1024)
+    assert counts.min() > 120 and counts.max() < 280  # mean 195
+    assert abs(signs.numpy().mean()) < 0.01
+
+
+@pytest.mark.parametrize("projector", [CountSketchProjector(2048, seed=1), CountSketchProjector(2048, seed=1, sparsity=4), RademacherProjector(2048, seed=1)])
+def test_distortion_pairwise_cosines_and_norms(projector):
+    grads = _low_rank_gradients(40, 20_000)
+    projected = projector.project(grads)
+    original_cos, projected_cos = _pairwise_cosines(grads), _pairwise_cosines(projected)
+    correlation = np.corrcoef(original_cos, projected_cos)[0, 1]
+    assert correlation > 0.98
+    assert np.abs(original_cos - projected_cos).max() < 0.15
+    ratio = projected.norm(dim=1) / grads.norm(dim=1)
+    assert ratio.min() > 0.9 and ratio.max() < 1.1
+
+
+def test_rademacher_blocks_do_not_depend_on_block_boundaries_of_the_input():
+    # the matrix is fixed by (seed, block index); projecting a sum equals summing projections (linearity)
+    projector = RademacherProjector(128, seed=2, block_rows=300)
+    a, b = _low_rank_gradients(2, 1000, seed=1)
+    assert torch.allclose(projector.project(torch.stack([a + b]))[0], projector.project(torch.stack([a, b])).sum(0), atol=1e-4)
