@@ -349,7 +349,7 @@ def _json_type(value: Any) -> str:
 
 
 def _expected_formats() -> str:
-    return "; ".join(f"{fmt} ({', '.join(_show(key) for key in keys)})" for fmt, keys in FORMAT_KEYS.items())
+    return "; ".join(f"{fmt} ({', '.join(_show(key) for key in FORMAT_KEYS[fmt])})" for fmt in FORMATS)
 
 
 # The canonical JSON is ``json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))``.

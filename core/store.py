@@ -17,13 +17,17 @@ write lock only for a catalogue insert of a few hundred small rows.  Features ke
 ``dump-features`` hands out exactly what was computed; float16 is an option per feature config.
 
 Concurrency protocol (DuckDB allows one read-write process, and any open connection of another process blocks
-it): every operation opens a short-lived connection, does its work and closes it.  Opening retries with
-jittered backoff while another process holds the file, for up to ``busy_timeout`` seconds, so a job writing
-chunks and the app reading status never see a lock error.  Inside one process a lock serialises connections,
-because DuckDB refuses a read-only and a read-write connection to the same file in one process.
+it): every operation opens a short-lived connection, does its work and closes it, while holding an exclusive
+``flock`` on ``g2is.duckdb.lock``.  The kernel queues the processes that wait for it, so a job writing chunks
+and the app reading status take turns (each turn is milliseconds) instead of racing DuckDB's own lock, and a
+process that dies releases its turn with it -- there is no stale lock to clean up.  DuckDB's lock error can
+still come from a program outside this protocol (a DuckDB shell on the file): opening then retries with
+jittered backoff for up to ``busy_timeout`` seconds.  Inside one process a thread lock serialises connections
+too, because DuckDB refuses a read-only and a read-write connection to the same file in one process.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -74,8 +78,16 @@ CREATE TABLE IF NOT EXISTS throughput (
 """
 
 ROLES = ("pool", "targets")
-_PROCESS_LOCKS: dict[str, threading.RLock] = {}
-_PROCESS_LOCKS_GUARD = threading.Lock()
+class _ProcessTurn:
+    """Per database path and process: the thread lock, and how deeply the holding thread has re-entered."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.depth = 0
+
+
+_PROCESS_TURNS: dict[str, _ProcessTurn] = {}
+_PROCESS_TURNS_GUARD = threading.Lock()
 
 
 class StoreBusyError(RuntimeError):
@@ -147,16 +159,36 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create the cache folder {self.root}: {error.strerror}; set G2IS_CACHE_DIR") from error
-        with _PROCESS_LOCKS_GUARD:
-            self._lock = _PROCESS_LOCKS.setdefault(str(self.path), threading.RLock())
+        with _PROCESS_TURNS_GUARD:
+            self._process_turn = _PROCESS_TURNS.setdefault(str(self.path), _ProcessTurn())
         with self._connect(write=True) as con:
             con.execute(SCHEMA)
 
     # ------------------------------------------------------------------------------------ connections
 
     @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This process's turn at the database: the thread lock, then the cross-process ``flock``."""
+        turn = self._process_turn
+        with turn.lock:
+            if turn.depth:  # re-entered by this thread: the flock is already ours
+                turn.depth += 1
+                try:
+                    yield
+                finally:
+                    turn.depth -= 1
+                return
+            with open(self.path.with_name(self.path.name + ".lock"), "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released by close(), or by the kernel if we die
+                turn.depth = 1
+                try:
+                    yield
+                finally:
+                    turn.depth = 0
+
+    @contextmanager
     def _connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._lock:
+        with self._turn():
             deadline = time.monotonic() + self.busy_timeout
             delay = 0.01
             while True:

@@ -323,7 +323,7 @@ BAD_ROW_CASES = [
     BadRowCase("unknown_keys_later", lines(good(1), {"text": "hi"}), 2, 'messages: missing "messages" (this file is messages', 1),
     BadRowCase("unknown_keys_first", lines({"text": "hi"}, good(1)), 1, 'record matches no known format (keys: "text")', 1),
     # .json arrays
-    BadRowCase("json_element_not_object", json_array_bytes([good(1), 42, good(2)]), 7, "expected a JSON object, got number", 2, ".json"),
+    BadRowCase("json_element_not_object", json_array_bytes([good(1), 42, good(2)]), 14, "expected a JSON object, got number", 2, ".json"),
     BadRowCase("json_truncated_array", b'[\n  {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},\n  {"messages": [\n',
                3, "truncated JSON: the file ends inside this record", 1, ".json"),
     BadRowCase("json_truncated_inside_string", b'[\n  {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},\n\n  {"messages": [{"role": "user", "content": "q u',
@@ -580,7 +580,7 @@ def test_json_reading_does_not_depend_on_chunk_size(tmp_path, monkeypatch, chunk
     for path, (rows, report) in expected.items():
         small_rows, small_report = read_all(path, on_error="skip")
         assert small_rows == rows and small_report.errors == report.errors
-    assert len(expected[pretty][0]) == 11 and [e.line for e in expected[pretty][1].errors] == [expected[pretty][0][4].line - 3]
+    assert len(expected[pretty][0]) == 11 and [e.line for e in expected[pretty][1].errors] == [expected[pretty][0][4].line - 1]  # "7," sits on the line before the next record
     assert [e.reason for e in expected[broken][1].errors][1].startswith("record is not valid UTF-8 (line ")
 
 

@@ -189,6 +189,7 @@ while time.monotonic() < deadline:
     reads += 1
     if job.status in ("done", "failed"):
         break
+    time.sleep(0.01)  # a busy reader (the app polls a few times a second), but not a spin loop
 print(json.dumps({"reads": reads, "seen": sorted(set(seen)), "status": job.status}))
 """
 
