@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.config import FeatureSettings, LoraArguments, ProjectionArguments, WarmupArguments
+from core.projects import project_settings
 from core.store import Store
 
 
@@ -25,8 +26,7 @@ def _store() -> Store:
 
 
 def _settings_from_args(store: Store, args) -> FeatureSettings:
-    stored = store.project_settings(args.project) or {}
-    settings = FeatureSettings.from_dict(stored) if stored else FeatureSettings()
+    settings = project_settings(store, args.project)
     lora = settings.lora
     lora = LoraArguments(
         r=args.lora_r or lora.r,
@@ -81,16 +81,12 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from core.demo import DEMO_PROJECT, write_demo_files
-    from core.ingest import ingest_files
+    from core.projects import create_demo_project
 
     store = _store()
-    project = args.project or DEMO_PROJECT
-    pool, targets = write_demo_files(store.root / "demo")
-    ingest_files(store, project, "pool", [pool])
-    ingest_files(store, project, "targets", [targets])
+    project = create_demo_project(store, args.project)
     counts = store.row_counts(project)
-    print(f"demo project {project!r}: {counts['pool']} pool rows, {counts['targets']} target rows ({pool.parent})")
+    print(f"demo project {project!r}: {counts['pool']} pool rows, {counts['targets']} target rows ({store.root / 'demo'})")
     return 0
 
 
@@ -135,60 +131,30 @@ def watch(store: Store, job_id: str, stream=sys.stderr) -> int:
 
 
 def cmd_features(args) -> int:
-    from core.estimate import estimate_cost
-    from core.featurize import plan_features
-    from core.jobs import find_resumable, resume, run_job, start_features_job
-    from core.modeling import load_tokenizer, resolve_model
+    from core.jobs import launch_features, request_features, run_job
 
     store = _store()
     settings = _settings_from_args(store, args)
-    tokenizer = load_tokenizer(resolve_model(settings.model))
-    plan = plan_features(store, args.project, settings, args.limit, tokenizer=tokenizer)
-    store.ensure_project(args.project, settings.to_dict())
-    if plan.complete:
+    request = request_features(store, args.project, settings, args.limit)
+    if request.cached:
+        plan = request.plan
         print(f"features cached: {len(plan.rows['pool'])} pool rows and {len(plan.rows['targets'])} target rows "
               f"x {len(plan.checkpoints)} checkpoint(s), nothing to compute")
         return 0
-    print("estimate: " + estimate_cost(store, plan, tokenizer).text())
+    print("estimate: " + request.estimate.text())
     if args.inline:
         job_id = store.create_job(args.project, "features", {"settings": settings.to_dict(), "limit": args.limit})
         return run_job(store, job_id)
-    existing = find_resumable(store, args.project, settings, args.limit)
-    if existing is not None:
-        print(f"resuming job {existing.job.id} ({existing.status})")
-        job_id = resume(store, existing.job.id).job.id
-    else:
-        job_id = start_features_job(store, args.project, settings, args.limit)
-        print(f"started job {job_id} (log: {store.root / 'jobs' / (job_id + '.log')})")
+    job_id, how = launch_features(store, request)
+    print(f"{how} job {job_id} (log: {store.root / 'jobs' / (job_id + '.log')})")
     if args.detach:
         return 0
     return watch(store, job_id)
 
 
-def project_status(store: Store, project: str) -> dict:
-    from core.jobs import view
-
-    if project not in store.projects():
-        raise SystemExit(f"error: no project {project!r} in {store.root} (projects: {', '.join(store.projects()) or 'none'})")
-    report = store.ingest_report(project)
-    return {
-        "project": project,
-        "cache": str(store.root),
-        "settings": store.project_settings(project),
-        "rows": store.row_counts(project),
-        "files": report["files"],
-        "ingest_errors": len(report["errors"]),
-        "features": store.project_features(project),
-        "jobs": [
-            {"id": v.job.id, "kind": v.job.kind, "status": v.status, "phase": v.job.phase, "done": v.job.done,
-             "total": v.job.total, "errors": v.job.errors, "rate": v.job.rate, "eta_s": v.job.eta_seconds,
-             "message": v.job.message, "created": v.job.created}
-            for v in (view(store, job) for job in store.jobs(project))
-        ],
-    }
-
-
 def cmd_status(args) -> int:
+    from core.projects import project_status
+
     status = project_status(_store(), args.project)
     if args.json:
         print(json.dumps(status, indent=1, default=str))

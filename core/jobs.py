@@ -20,8 +20,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from core.config import FeatureSettings
 from core.store import Job, Store, now
+
+if TYPE_CHECKING:
+    from core.estimate import CostEstimate
+    from core.featurize import FeaturePlan
 
 ACTIVE = ("queued", "running", "cancelling")
 QUEUED_GRACE_S = 60.0  # a worker has this long to take its lock after being spawned
@@ -113,6 +119,41 @@ def find_resumable(store: Store, project: str, settings: FeatureSettings, limit:
                 return current
             return None
     return None
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """What asking for a project's features amounts to, before anything runs."""
+
+    plan: "FeaturePlan"
+    estimate: "CostEstimate | None"  # None when everything is cached
+    resumable: JobView | None  # an unfinished job with the same settings, to resume instead of starting anew
+    limit: int | None = None
+
+    @property
+    def cached(self) -> bool:
+        return self.plan.complete
+
+
+def request_features(store: Store, project: str, settings: FeatureSettings, limit: int | None = None) -> FeatureRequest:
+    """Plan a project's features, estimate their cost and find a job to resume; records the settings."""
+    from core.estimate import estimate_cost
+    from core.featurize import plan_features
+    from core.modeling import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(settings.model))
+    plan = plan_features(store, project, settings, limit, tokenizer=tokenizer)
+    store.ensure_project(project, settings.to_dict())
+    if plan.complete:
+        return FeatureRequest(plan, None, None, limit)
+    return FeatureRequest(plan, estimate_cost(store, plan, tokenizer), find_resumable(store, project, settings, limit), limit)
+
+
+def launch_features(store: Store, request: FeatureRequest) -> tuple[str, str]:
+    """Resume the request's unfinished job or start a new one in the background: (job id, "resumed"|"started")."""
+    if request.resumable is not None:
+        return resume(store, request.resumable.job.id).job.id, "resumed"
+    return start_features_job(store, request.plan.project, request.plan.settings, request.limit), "started"
 
 
 def _same_params(left: dict, right: dict) -> bool:

@@ -1,0 +1,234 @@
+"""The mixed gradient instruction graph: a k-nearest-neighbour graph over the pool's gradient features by cosine.
+
+Role in the pipeline: G2IS's walk (``core.selection.g2is``) steps from the last accepted row through that row's
+neighbour list, so the graph is built once per feature set, cached, and re-used by every walk re-run.  The
+authors' repo ships no graph builder (algorithms.md section 1.4): their walk reads a precomputed ``[N, k]`` index
+array whose rows are sorted by descending similarity.  We build exactly that, plus, per node, its most *negative*
+neighbours ("conflict edges") because "mixed" most plausibly means positive and negative edges together [I] and
+the explorer shows both.
+
+Two exact backends produce the same arrays:
+
+* ``torch``: blocked matrix products ``X[block] @ X.T`` then ``topk``; memory O(block x N), block sized from
+  ``memory_bytes``.  Runs on the GPU when one is present.
+* ``faiss``: ``IndexFlatIP`` (exact inner product; on unit rows that is cosine).  Chosen by ``backend="auto"``
+  for pools above ``faiss_threshold`` on CPU: its search keeps heaps instead of materialising score blocks.
+
+Determinism: every row's neighbours are sorted by descending similarity with ties broken by the lower index (the
+walk depends on this order).  Both ``topk`` and faiss return tied entries in an unspecified order, and when ties
+straddle the k-th place even *which* entries are returned is unspecified; such rows are detected (k+1-th value
+equal to the k-th) and recomputed exactly with a stable sort over the full row.  Zero rows stay zero after
+normalisation, so they have cosine 0 with everything and are ordered purely by index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DEFAULT_K = 32
+DEFAULT_K_NEG = 8
+# Above this many rows (and without a GPU) ``backend="auto"`` uses faiss.  Both are exact; the threshold is about
+# memory (torch materialises a [block, N] score block per step) more than speed: on 2 CPU cores the two measured
+# within ~10% of each other at N=20,000 x 8192 (bench/selection.py).
+FAISS_THRESHOLD = 100_000
+
+
+@dataclass(frozen=True, eq=False)
+class GradientGraph:
+    """kNN adjacency by cosine.  Row i of ``neighbors`` lists i's k most similar rows (self excluded), best first.
+
+    ``conflicts`` lists each row's ``k_neg`` least similar rows, most negative first.  When a row has fewer than
+    ``k_neg`` negative neighbours the list still has ``k_neg`` entries and the tail is non-negative; consumers that
+    want true conflict edges filter on ``conflict_similarities < 0`` (``to_networkx`` does).
+    """
+
+    neighbors: np.ndarray  # int64 [N, k]
+    similarities: np.ndarray  # float32 [N, k], descending per row
+    conflicts: np.ndarray  # int64 [N, k_neg]
+    conflict_similarities: np.ndarray  # float32 [N, k_neg], ascending per row
+    k: int
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.neighbors.shape[0])
+
+    @property
+    def k_neg(self) -> int:
+        return int(self.conflicts.shape[1])
+
+
+def normalize_rows(features: np.ndarray, block_rows: int = 8192) -> np.ndarray:
+    """L2-normalised float32 copy of ``features``; all-zero rows stay zero (cosine 0 with everything).
+
+    Shared by the graph, G2IS, LESS and TSDS so that every method sees bit-identical unit rows.  Done in row
+    blocks with float64 norms so a 20,000 x 8192 matrix needs no float64 copy of itself.
+    """
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"features must be a 2-D array [rows, dim], got shape {features.shape}")
+    out = np.empty(features.shape, dtype=np.float32)
+    for start in range(0, features.shape[0], block_rows):
+        block = np.asarray(features[start:start + block_rows], dtype=np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        safe = np.where(norms > 0, norms, 1.0)
+        out[start:start + block_rows] = block / safe[:, None]
+    return out
+
+
+def _sorted_topk(values: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row of a (values, indices) candidate set by descending value, ties by lower index."""
+    order = np.lexsort((indices, -values), axis=-1)
+    return np.take_along_axis(values, order, -1), np.take_along_axis(indices, order, -1)
+
+
+def _exact_row(row_scores: np.ndarray, self_index: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` largest entries of one full score row (self excluded), descending, ties by lower index."""
+    scores = row_scores.astype(np.float32, copy=True)
+    index = np.arange(scores.shape[0], dtype=np.int64)
+    keep = index != self_index
+    scores, index = scores[keep], index[keep]
+    order = np.lexsort((index, -scores))[:count]
+    return scores[order], index[order]
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _topk_torch(
+    unit: np.ndarray, k: int, k_neg: int, device: torch.device, memory_bytes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    n = unit.shape[0]
+    all_rows = torch.from_numpy(unit).to(device)
+    # Each step holds the [block, N] score block, a copy with self masked and a boolean mask: ~3 x 4 bytes a cell.
+    block = int(max(1, min(n, memory_bytes // max(1, 12 * n))))
+    neighbors = np.empty((n, k), dtype=np.int64)
+    similarities = np.empty((n, k), dtype=np.float32)
+    conflicts = np.empty((n, k_neg), dtype=np.int64)
+    conflict_sims = np.empty((n, k_neg), dtype=np.float32)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        scores = all_rows[start:stop] @ all_rows.T
+        local = torch.arange(stop - start, device=device)
+        for largest, count, out_idx, out_val in ((True, k, neighbors, similarities), (False, k_neg, conflicts, conflict_sims)):
+            if count == 0:
+                continue
+            signed = scores if largest else -scores  # bottom-k of s == top-k of -s, same tie rule on the index
+            masked = signed.clone()
+            masked[local, local + start] = -torch.inf  # exclude self
+            # One extra entry tells whether ties straddle the k-th place.
+            take = min(count + 1, n - 1)
+            values, indices = torch.topk(masked, take, dim=1, largest=True, sorted=True)
+            values_np, indices_np = values.cpu().numpy(), indices.cpu().numpy().astype(np.int64)
+            straddle = values_np[:, count - 1] == values_np[:, take - 1] if take > count else np.zeros(stop - start, bool)
+            head_val, head_idx = _sorted_topk(values_np[:, :count], indices_np[:, :count])
+            for r in np.flatnonzero(straddle):
+                row_scores = masked[r].cpu().numpy()
+                head_val[r], head_idx[r] = _exact_row(row_scores, -1, count)  # self already at -inf
+            out_idx[start:stop] = head_idx
+            out_val[start:stop] = head_val if largest else -head_val
+        del scores
+    return neighbors, similarities, conflicts, conflict_sims
+
+
+def _topk_faiss(unit: np.ndarray, k: int, k_neg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    import faiss
+
+    n, dim = unit.shape
+    index = faiss.IndexFlatIP(dim)
+    index.add(unit)
+    results = []
+    for count, queries in ((k, unit), (k_neg, None)):
+        if count == 0:
+            results += [np.empty((n, 0), np.int64), np.empty((n, 0), np.float32)]
+            continue
+        if queries is None:
+            queries = -unit  # most negative x.y == largest (-x).y
+        # count + 1 real neighbours (one to detect ties at the k-th place) + self, which may or may not come back.
+        take = min(count + 2, n)
+        values, indices = index.search(np.ascontiguousarray(queries), take)
+        # Push self (present at most once per row) to the end of each row, keep the first count + 1 entries.
+        is_self = indices == np.arange(n)[:, None]
+        order = np.argsort(is_self, axis=1, kind="stable")[:, : count + 1]
+        indices = np.take_along_axis(indices, order, 1).astype(np.int64)
+        values = np.take_along_axis(values, order, 1)
+        out_val, out_idx = _sorted_topk(values[:, :count], indices[:, :count])
+        if take == count + 2:  # otherwise every non-self row came back and nothing can straddle
+            for row in np.flatnonzero(values[:, count - 1] == values[:, count]):
+                out_val[row], out_idx[row] = _exact_row(unit @ queries[row], row, count)
+        results += [out_idx, out_val if queries is unit else -out_val]
+    return results[0], results[1], results[2], results[3]
+
+
+def build_graph(
+    features: np.ndarray,
+    k: int = DEFAULT_K,
+    k_neg: int = DEFAULT_K_NEG,
+    backend: str = "auto",
+    *,
+    normalized: bool = False,
+    device: str | torch.device | None = None,
+    memory_bytes: int = 512 * 2**20,
+    faiss_threshold: int = FAISS_THRESHOLD,
+) -> GradientGraph:
+    """Exact cosine kNN graph of the rows of ``features`` [N, D].
+
+    ``k`` and ``k_neg`` are clipped to N-1 (N=1 gives empty neighbour lists).  ``normalized=True`` says the rows
+    are already unit (or zero) so no normalised copy is made.  ``memory_bytes`` bounds the torch score block.
+    """
+    if backend not in ("auto", "torch", "faiss"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
+    if k < 0 or k_neg < 0:
+        raise ValueError(f"k and k_neg must be >= 0, got k={k}, k_neg={k_neg}")
+    unit = np.ascontiguousarray(features, dtype=np.float32) if normalized else normalize_rows(features)
+    if unit.ndim != 2 or unit.shape[0] == 0:
+        raise ValueError(f"features must be a non-empty 2-D array, got shape {unit.shape}")
+    n = unit.shape[0]
+    k, k_neg = min(k, n - 1), min(k_neg, n - 1)
+    if k == 0 and k_neg == 0:
+        empty_i, empty_f = np.empty((n, 0), np.int64), np.empty((n, 0), np.float32)
+        return GradientGraph(empty_i, empty_f, empty_i.copy(), empty_f.copy(), 0)
+    torch_device = _pick_device(device)
+    if backend == "auto":
+        backend = "faiss" if (torch_device.type == "cpu" and n > faiss_threshold) else "torch"
+    if backend == "torch":
+        arrays = _topk_torch(unit, k, k_neg, torch_device, memory_bytes)
+    else:
+        arrays = _topk_faiss(unit, k, k_neg)
+    return GradientGraph(*arrays, k=k)
+
+
+def to_networkx(graph: GradientGraph, nodes=None, *, directed: bool = False, include_conflicts: bool = True):
+    """The graph as networkx, edges carrying ``weight`` (cosine) and ``kind`` ("similar" / "conflict").
+
+    ``nodes`` restricts it to a subset (only edges with both ends inside are kept; every listed node is present).
+    Undirected by default: kNN lists are asymmetric, but cosine is symmetric, so an edge found from either end has
+    the same weight; when a pair is both a "similar" and a listed conflict edge (tiny pools) "similar" is kept.
+    Only strictly negative conflict entries become conflict edges.
+    """
+    import networkx as nx
+
+    result = nx.DiGraph() if directed else nx.Graph()
+    if nodes is None:
+        keep = np.arange(graph.n_nodes)
+    else:
+        keep = np.unique(np.asarray(list(nodes), dtype=np.int64))
+        if keep.size and (keep[0] < 0 or keep[-1] >= graph.n_nodes):
+            raise ValueError(f"node ids must lie in [0, {graph.n_nodes}), got {keep[0]}..{keep[-1]}")
+    member = np.zeros(graph.n_nodes, dtype=bool)
+    member[keep] = True
+    result.add_nodes_from(int(i) for i in keep)
+    for i in keep:
+        for j, sim in zip(graph.neighbors[i], graph.similarities[i]):
+            if member[j]:
+                result.add_edge(int(i), int(j), weight=float(sim), kind="similar")
+    if include_conflicts:
+        for i in keep:
+            for j, sim in zip(graph.conflicts[i], graph.conflict_similarities[i]):
+                if member[j] and sim < 0 and not result.has_edge(int(i), int(j)):
+                    result.add_edge(int(i), int(j), weight=float(sim), kind="conflict")
+    return result

@@ -1,0 +1,51 @@
+"""Projects as the CLI and the app see them: the built-in demo project, and one project's status at a glance.
+
+A project is a pool, a target set and the feature settings last used for it, all persisted by ``core.store``.
+This module composes store reads into the summaries both front ends show, so neither holds that logic.
+"""
+from __future__ import annotations
+
+from core.config import FeatureSettings
+from core.store import Store
+
+
+def create_demo_project(store: Store, project: str | None = None) -> str:
+    """Write the built-in demo files under the cache and ingest them (idempotent: same files, same rows)."""
+    from core.demo import DEMO_PROJECT, write_demo_files
+    from core.ingest import ingest_files
+
+    project = project or DEMO_PROJECT
+    pool, targets = write_demo_files(store.root / "demo")
+    ingest_files(store, project, "pool", [pool])
+    ingest_files(store, project, "targets", [targets])
+    return project
+
+
+def project_settings(store: Store, project: str) -> FeatureSettings:
+    """The settings last used for this project's features, else the defaults."""
+    stored = store.project_settings(project)
+    return FeatureSettings.from_dict(stored) if stored else FeatureSettings()
+
+
+def project_status(store: Store, project: str) -> dict:
+    """Rows, ingest files, feature sets and jobs of one project, JSON-ready."""
+    from core.jobs import view
+
+    if project not in store.projects():
+        raise ValueError(f"no project {project!r} in {store.root} (projects: {', '.join(store.projects()) or 'none'})")
+    report = store.ingest_report(project)
+    return {
+        "project": project,
+        "cache": str(store.root),
+        "settings": store.project_settings(project),
+        "rows": store.row_counts(project),
+        "files": report["files"],
+        "ingest_errors": len(report["errors"]),
+        "features": store.project_features(project),
+        "jobs": [
+            {"id": v.job.id, "kind": v.job.kind, "status": v.status, "phase": v.job.phase, "done": v.job.done,
+             "total": v.job.total, "errors": v.job.errors, "rate": v.job.rate, "eta_s": v.job.eta_seconds,
+             "message": v.job.message, "created": v.job.created}
+            for v in (view(store, job) for job in store.jobs(project))
+        ],
+    }
