@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python bench/features.py [--rows 24] [--synthetic 100] [--model smollm2|PATH] [--dim 8192] [--max-tokens 256]
+    python bench/features.py [--rows 24] [--synthetic 64] [--model smollm2|PATH] [--dim 8192] [--max-tokens 256]
 
 On the same rows (sampled deterministically from the real pool in /work/shared/data/pool, or the built-in demo
 pool when that folder is absent) and the same model (default SmolLM2-135M-Instruct, LoRA r=8 on q,k,v,o as in
@@ -76,7 +76,7 @@ def parse_args():
     parser.add_argument("--model", default="smollm2", help="model spec: 'smollm2' (default), a .gguf, or a model folder")
     parser.add_argument("--dim", type=int, default=8192, help="projection dimension K (default 8192)")
     parser.add_argument("--max-tokens", type=int, default=256, help="truncate rows to this many tokens (default 256)")
-    parser.add_argument("--synthetic", type=int, default=100, help="synthetic gradient-like vectors for the distortion test (default 100)")
+    parser.add_argument("--synthetic", type=int, default=64, help="synthetic gradient-like vectors for the distortion test (default 64)")
     parser.add_argument("--plain-batch", type=int, default=8, help="batch size of the plain batched variant (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="row sampling seed (default 0)")
     parser.add_argument("--pool", default=str(SHARED_POOL), help="folder of pool .jsonl files (default /work/shared/data/pool)")
@@ -175,7 +175,8 @@ def main() -> int:
     args = parse_args()
     t_start = time.perf_counter()
     device = pick_device("auto")
-    print(f"[setup] torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, os.cpu_count {os.cpu_count()}")
+    print(f"[setup] torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, os.cpu_count {os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f} (other processes on these cores slow every variant alike)")
 
     settings = FeatureSettings(model=args.model, max_tokens=args.max_tokens, projection=ProjectionArguments(dim=args.dim))
     resolved = resolve_model(args.model)
@@ -232,48 +233,69 @@ def main() -> int:
     print(f"[setup] quick state: 1 AdamW step on 4 rows in {time.perf_counter() - t:.1f} s "
           f"(|m| mean {exp_avg.abs().mean():.2e}, v mean {exp_avg_sq.mean():.2e})")
 
-    timings = {}
 
-    # ---- 1. ours: the job's own per-row code
+
+    # The three variants run interleaved, group by group (groups of --plain-batch rows in length order, the
+    # variant order rotating), so that a change in the load from other processes hits all of them alike.
     computer = RecordingComputer(make_gradient_computer(model, pad_id, device))
     projector = make_projector(settings.projection)
     batch_size = settings.batch_size if isinstance(computer.inner, HookGradientComputer) else 1
-    ours_order = sorted(rows, key=lambda r: encoded[r.content_hash].n_tokens) if batch_size > 1 else rows
-    _features_for(warm_rows, encoded, computer, projector, exp_avg, exp_avg_sq, settings)  # warm-up (and hashes)
-    computer.kept.clear()
-    sync(device)
-    t = time.perf_counter()
-    ours_features = []
-    for start in range(0, len(ours_order), batch_size):
-        ours_features += _features_for(ours_order[start : start + batch_size], encoded, computer, projector, exp_avg, exp_avg_sq, settings)
-    sync(device)
-    timings["ours"] = time.perf_counter() - t
-    bad = [f for f in ours_features if isinstance(f, str)]
-    if bad:
-        print(f"[ours] {len(bad)} rows failed: {bad[:2]}")
-    position = {r.content_hash: i for i, r in enumerate(ours_order)}
-    back = [position[r.content_hash] for r in rows]
-    ours_grads = torch.cat(computer.kept)[back]  # stored order
-    ours_proj = torch.from_numpy(np.stack([ours_features[i] for i in back]))
-    print(f"[ours] {type(computer.inner).__name__} (batch {batch_size}) + CountSketch + Adam via core.featurize._features_for: "
-          f"{timings['ours']:.1f} s")
+    weights = [p for _, p in params]
+    ours_feat, ours_grad, ref_grad, ref_feat = {}, {}, {}, {}
+    padded = 0
 
-    # ---- 2. LESS-style reference: batch-1 loop, LESS's Adam, dense Rademacher projection (timed further below)
-    for row in warm_rows:
-        less_style_gradient(model, params, encoded[row.content_hash], device)
-    sync(device)
-    t = time.perf_counter()
-    ref_grads, ref_feats = [], []
-    for row in rows:
-        grad = less_style_gradient(model, params, encoded[row.content_hash], device)
-        ref_grads.append(grad.clone())
-        ref_feats.append(less_adam(grad, exp_avg, exp_avg_sq))
-    for _, p in params:
-        p.grad = None
-    sync(device)
-    timings["ref_grad"] = time.perf_counter() - t
-    ref_grads, ref_feats = torch.stack(ref_grads), torch.stack(ref_feats)
+    def run_ours(group):  # 1. what the job does (_compute_config's batching: 1 row on CPU, sorted batches on CUDA)
+        for start in range(0, len(group), batch_size):
+            batch = group[start : start + batch_size]
+            before = len(computer.kept)
+            results = _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings)
+            grads = torch.cat(computer.kept[before:])
+            for i, (row, result) in enumerate(zip(batch, results)):
+                if isinstance(result, str):
+                    raise RuntimeError(f"ours failed on a row: {result}")
+                ours_feat[row.content_hash], ours_grad[row.content_hash] = result, grads[i]
+
+    def run_reference(group):  # 2. LESS-style batch-1 loop + LESS's Adam (the projection is timed below)
+        for row in group:
+            grad = less_style_gradient(model, params, encoded[row.content_hash], device)
+            ref_grad[row.content_hash] = grad.clone()
+            ref_feat[row.content_hash] = less_adam(grad, exp_avg, exp_avg_sq)
+        for p in weights:
+            p.grad = None
+
+    def run_plain(group):  # 3. plain batched forward+backward of the summed loss
+        ids, attention, loss_mask = collate([encoded[r.content_hash] for r in group], device, pad_id)
+        token_loss(model, ids, attention, loss_mask).sum().backward()
+        for p in weights:
+            p.grad = None
+
+    variants = [("ours", run_ours), ("ref_grad", run_reference), ("plain", run_plain)]
+    for _, run in variants:  # warm-up on 2 rows (ours: also the CountSketch hashes)
+        run(warm_rows)
+    ours_feat.clear(), ours_grad.clear(), ref_grad.clear(), ref_feat.clear()
+    computer.kept.clear()
+    timings = {name: 0.0 for name, _ in variants}
+    by_length = sorted(rows, key=lambda r: encoded[r.content_hash].n_tokens)
+    groups = [by_length[i : i + args.plain_batch] for i in range(0, len(by_length), args.plain_batch)]
+    for index, group in enumerate(groups):
+        padded += len(group) * max(encoded[r.content_hash].n_tokens for r in group)
+        for name, run in variants[index % 3 :] + variants[: index % 3]:
+            sync(device)
+            t = time.perf_counter()
+            run(group)
+            sync(device)
+            timings[name] += time.perf_counter() - t
+        computer.kept.clear()
+        print(f"[timing] group {index + 1}/{len(groups)} ({len(group)} rows): " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), flush=True)
+    ours_grads = torch.stack([ours_grad[r.content_hash] for r in rows])
+    ours_proj = torch.from_numpy(np.stack([ours_feat[r.content_hash] for r in rows]))
+    ref_grads = torch.stack([ref_grad[r.content_hash] for r in rows])
+    ref_feats = torch.stack([ref_feat[r.content_hash] for r in rows])
+    del ours_grad, ref_grad, ref_feat
+    print(f"[ours] {type(computer.inner).__name__} (batch {batch_size}) + CountSketch + Adam via core.featurize._features_for: {timings['ours']:.1f} s")
     print(f"[reference] batch-1 loop, HF labels loss, LESS Adam: {timings['ref_grad']:.1f} s (projection timed below)")
+    print(f"[plain] batch {args.plain_batch}, length-sorted, one backward of the summed loss: {timings['plain']:.1f} s "
+          f"({padded - total_tokens} padding tokens on top of {total_tokens})")
 
     agree_total, agree_row = rel_err(ours_grads, ref_grads)
     print(f"[check] unprojected gradients, ours vs reference: relative error {agree_total:.2e} (worst row {agree_row:.2e})")
@@ -282,8 +304,8 @@ def main() -> int:
         sub = [encoded[r.content_hash] for r in rows[:4]]
         t = time.perf_counter()
         hook_grads = HookGradientComputer(model, pad_id).gradients(sub)
-        hook_err, hook_row = rel_err(hook_grads, ref_grads[: len(sub)])
-        print(f"[check] batched hook computer (the CUDA path) on {len(sub)} rows vs reference: relative error {hook_err:.2e} "
+        hook_err, hook_row = rel_err(hook_grads, ours_grads[: len(sub)])
+        print(f"[check] batched hook computer (the CUDA path) on {len(sub)} rows vs ours (loop): relative error {hook_err:.2e} "
               f"(worst row {hook_row:.2e}; {time.perf_counter() - t:.1f} s, not timed as a variant)")
         del hook_grads
     elif isinstance(computer.inner, HookGradientComputer):
@@ -293,29 +315,16 @@ def main() -> int:
     feat_err, _ = rel_err(ours_proj, projector.project(ref_feats).cpu())
     print(f"[check] ours' projected features vs CountSketch(reference Adam features): relative error {feat_err:.2e}")
 
-    # ---- 3. plain batched forward+backward
-    plain_order = sorted(rows, key=lambda r: encoded[r.content_hash].n_tokens)
-    weights = [p for _, p in params]
-
-    def plain_step(batch):
-        ids, attention, loss_mask = collate([encoded[r.content_hash] for r in batch], device, pad_id)
-        token_loss(model, ids, attention, loss_mask).sum().backward()
-        for p in weights:
-            p.grad = None
-
-    plain_step(warm_rows)
-    sync(device)
+    # float64 ground truth on one row: how far each float32 gradient is from the exact one
+    truth_row = [encoded[rows[0].content_hash]]
     t = time.perf_counter()
-    padded = 0
-    for start in range(0, len(plain_order), args.plain_batch):
-        batch = plain_order[start : start + args.plain_batch]
-        padded += len(batch) * max(encoded[r.content_hash].n_tokens for r in batch)
-        plain_step(batch)
-    sync(device)
-    timings["plain"] = time.perf_counter() - t
-    print(f"[plain] batch {args.plain_batch}, length-sorted, one backward of the summed loss: {timings['plain']:.1f} s "
-          f"({padded - total_tokens} padding tokens on top of {total_tokens})")
-    del model, computer
+    model.double()
+    truth = LoopGradientComputer(model, pad_id).gradients(truth_row).double()  # the loop on a float64 model
+    f64_ours, _ = rel_err(ours_grads[:1], truth)
+    f64_ref, _ = rel_err(ref_grads[:1], truth)
+    print(f"[check] vs a float64 model on row 0: ours (token_loss, CE over [B,V,T]) {f64_ours:.2e}, "
+          f"reference (HF loss, CE over [N,V]) {f64_ref:.2e} ({time.perf_counter() - t:.1f} s)")
+    del model, computer, truth
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -449,6 +458,8 @@ def main() -> int:
         "plain_batched_tokens_per_s": tok["plain"],
         "ours_vs_plain_batched": rate["ours"] / rate["plain"],
         "gradient_agreement_rel_err": agree_total,
+        "ours_vs_float64_rel_err": f64_ours,
+        "reference_vs_float64_rel_err": f64_ref,
     }
     if hook_err is not None:
         figures["hook_vs_loop_rel_err"] = hook_err
@@ -481,7 +492,7 @@ def main() -> int:
         figures["rademacher_s_per_gradient_in_reference_call"] = timings["ref_proj"] / n
 
     print()
-    print(f"[total] {time.perf_counter() - t_start:.0f} s")
+    print(f"[total] {time.perf_counter() - t_start:.0f} s; load average now {os.getloadavg()[0]:.1f}")
     for name, value in figures.items():
         value = int(value) if isinstance(value, int) else (f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4g}")
         print(f"figure: {name} = {value}")

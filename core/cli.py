@@ -5,6 +5,10 @@
     features       estimate, then compute (in a background worker) and cache gradient features
     status         rows, features and jobs of a project (``--json`` for machines)
     dump-features  write pool.npy / targets.npy (raw projected float32) and their ids for other tools
+    graph          build (or show the cached) kNN gradient graph of the pool
+    select         run a selection method (g2is, less, tsds, random, embedding) and store the run
+    walk           run G2IS and print its event stream, one event a line
+    export         write a stored selection as JSONL (messages, alpaca, sharegpt) with a manifest
     jobs | cancel | resume | run-job   manage background jobs (run-job is what a worker process executes)
 """
 from __future__ import annotations
@@ -203,8 +207,112 @@ def cmd_dump(args) -> int:
                 (out / f"{ids_stem}{suffix}.json").write_text(json.dumps(ids))
             entry[role] = {"config": config.key, "rows": len(ids)}
         manifest["checkpoints"].append(entry)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    print(f"wrote {out}/pool.npy, targets.npy, pool_ids.json, target_ids.json and manifest.json")
+    graph = _latest_graph(store, args.project)
+    if graph is not None:
+        np.save(out / "graph.npy", graph["arrays"]["neighbors"].astype(np.int64))
+        manifest["graph"] = {k: v for k, v in graph["info"].items() if k != "created"}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    print(f"wrote {out}/pool.npy, targets.npy, pool_ids.json, target_ids.json"
+          + (", graph.npy" if graph is not None else "") + " and manifest.json")
+    return 0
+
+
+def _latest_graph(store: Store, project: str) -> dict | None:
+    from core.selection_runs import FeaturesMissing, load_project_features
+
+    try:
+        features = load_project_features(store, project)
+    except FeaturesMissing:
+        return None
+    info = store.latest_graph(features.feature_key)
+    return {"info": info, "arrays": store.load_graph(info["key"])} if info else None
+
+
+def cmd_graph(args) -> int:
+    from core.selection_runs import load_project_features, project_graph
+
+    store = _store()
+    features = load_project_features(store, args.project)
+    started = time.perf_counter()
+    graph, info = project_graph(store, features, k=args.k, k_neg=args.k_conflict, rebuild=args.rebuild)
+    took = time.perf_counter() - started
+    negative = int((graph.conflict_similarities < 0).sum())
+    print(f"graph {info['key']}: {graph.n_nodes} nodes, k={graph.k} neighbours each (built with {info['backend']} "
+          f"in {info['seconds']:.2f} s; this call {took:.2f} s), {negative} conflict edges (negative cosine)")
+    return 0
+
+
+def _method_params(args) -> dict:
+    params: dict = {}
+    for name in ("delta", "val_k", "n_components", "seed", "anchor_candidates"):
+        value = getattr(args, name, None)
+        if value is not None:
+            params[name] = value
+    if args.no_conflict_check:
+        params["conflict_check"] = False
+    if args.local_only:
+        params["local_steps_only"] = True
+    if args.no_graph:
+        params["use_graph"] = False
+    for item in args.param or []:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param takes NAME=VALUE, got {item!r}")
+        try:
+            params[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[name] = raw
+    return params
+
+
+def cmd_select(args, walk: bool = False) -> int:
+    from core.selection_runs import run_selection
+
+    store = _store()
+    method = "g2is" if walk else args.method
+    params = _method_params(args)
+    if method == "g2is" or walk:
+        params.setdefault("k", args.k)
+    printer = (lambda event: print(f"{event.kind:<15} {event.describe()}")) if walk and args.steps else None
+    run = run_selection(store, args.project, method, ratio=args.ratio, budget=args.budget, params=params,
+                        on_event=printer)
+    result = run.result
+    if args.out:
+        from core.export import export_selection
+
+        manifest = export_selection(store, run.run_id, args.format, args.out)
+        print(f"wrote {manifest['selected']} rows to {manifest['path']} ({args.format}) and {manifest['manifest_path']}",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps([run.features.pool_ids[r] for r in result.rows]))
+        return 0
+    if walk and args.steps:
+        print(f"run {run.run_id}: {len(result.rows)} of {result.budget} rows selected, {run.events} events stored")
+        return 0
+    print(f"run {run.run_id}: {result.method}, {len(result.rows)} of {result.budget} rows")
+    for note in result.notes:
+        print(f"  note: {note}")
+    for rank, (row, score, reason) in enumerate(zip(result.rows, result.scores, result.reasons)):
+        if rank >= args.show:
+            print(f"  ... {len(result.rows) - rank} more (--json or --out for all)")
+            break
+        print(f"  {rank + 1:>4}. {run.features.pool_ids[row]:<28} {run.features.pool_sources[row]:<20} {score:+.4f}  {reason}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from core.export import export_selection
+
+    store = _store()
+    run_id = args.run
+    if run_id is None:
+        runs = store.selection_runs(args.project, args.method)
+        if not runs:
+            raise ValueError(f"project {args.project!r} has no selection runs{' for ' + args.method if args.method else ''}: "
+                             "run `python -m core select` first")
+        run_id = runs[0]["id"]
+    manifest = export_selection(store, run_id, args.format, args.out)
+    print(f"wrote {manifest['selected']} rows of run {run_id} to {manifest['path']} and {manifest['manifest_path']}")
     return 0
 
 
@@ -290,6 +398,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("graph", help="build (or show the cached) kNN gradient graph of the pool")
+    p.add_argument("--project", required=True)
+    p.add_argument("--k", type=int, default=32, help="neighbours per row (default 32)")
+    p.add_argument("--k-conflict", type=int, default=8, help="most negative neighbours kept per row (default 8)")
+    p.add_argument("--rebuild", action="store_true")
+    p.set_defaults(func=cmd_graph)
+
+    from core.export import EXPORT_FORMATS
+
+    for name in ("select", "walk"):
+        p = sub.add_parser(name, help="run a selection method and store the run" if name == "select"
+                           else "run G2IS and print its event stream (with --steps)")
+        p.add_argument("--project", required=True)
+        if name == "select":
+            p.add_argument("--method", required=True, choices=("g2is", "less", "tsds", "tsds-kde", "tsds-uniform", "random", "embedding"))
+        else:
+            p.add_argument("--steps", action="store_true", help="print every event, one a line")
+        size = p.add_mutually_exclusive_group(required=True)
+        size.add_argument("--ratio", type=float, help="fraction of the pool, e.g. 0.01")
+        size.add_argument("--budget", type=int, help="number of rows")
+        p.add_argument("--k", type=int, default=32, help="G2IS graph neighbours (default 32)")
+        p.add_argument("--delta", type=float, help="G2IS consistency threshold (default 0.8)")
+        p.add_argument("--val-k", type=float, help="G2IS PCA cumulative explained variance (default 0.5)")
+        p.add_argument("--n-components", type=int, help="G2IS: a fixed number of PCA components instead of --val-k")
+        p.add_argument("--anchor-candidates", type=int, help="G2IS anchor list length (default 1000)")
+        p.add_argument("--no-conflict-check", action="store_true", help="G2IS ablation: skip the no-conflict rule")
+        p.add_argument("--local-only", action="store_true", help="G2IS ablation: no fallback to the global ranking")
+        p.add_argument("--no-graph", action="store_true", help="G2IS ablation: anchors and global ranking only")
+        p.add_argument("--seed", type=int, help="random / TSDS seed")
+        p.add_argument("--param", action="append", metavar="NAME=VALUE", help="any other method parameter (JSON value)")
+        p.add_argument("--json", action="store_true", help="print the selected pool ids in order, as JSON")
+        p.add_argument("--out", help="also write the selected rows to this JSONL file (with a manifest beside it)")
+        p.add_argument("--format", choices=EXPORT_FORMATS, default="messages", help="format for --out")
+        p.add_argument("--show", type=int, default=20, help="rows to list (default 20)")
+        p.set_defaults(func=(lambda a: cmd_select(a, walk=True)) if name == "walk" else cmd_select)
+
+    p = sub.add_parser("export", help="write a stored selection as JSONL with a manifest")
+    p.add_argument("--project", required=True)
+    p.add_argument("--run", help="selection run id (default: the project's latest, or latest of --method)")
+    p.add_argument("--method")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="messages")
+    p.add_argument("--out", help="output JSONL path (default: cache/exports/<run>.<format>.jsonl)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("jobs", help="list jobs")
     p.add_argument("--project")

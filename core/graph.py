@@ -15,10 +15,15 @@ Two exact backends produce the same arrays:
   for pools above ``faiss_threshold`` on CPU: its search keeps heaps instead of materialising score blocks.
 
 Determinism: every row's neighbours are sorted by descending similarity with ties broken by the lower index (the
-walk depends on this order).  Both ``topk`` and faiss return tied entries in an unspecified order, and when ties
-straddle the k-th place even *which* entries are returned is unspecified; such rows are detected (k+1-th value
-equal to the k-th) and recomputed exactly with a stable sort over the full row.  Zero rows stay zero after
-normalisation, so they have cosine 0 with everything and are ordered purely by index.
+walk depends on this order).  A float32 matrix product can give two mathematically equal similarities values
+that differ in the last bits, depending on BLAS, block layout and device, and ``topk``/faiss return tied entries in
+an unspecified order (when ties straddle the k-th place, even *which* entries come back is unspecified).  So rows
+whose first-pass values have near-ties (within ``tie_tol``) are re-scored exactly (float64, rounded to float32) and
+re-sorted, pulling in every row within ``tie_tol`` of the k-th value when the near-tie is at the k-th place.
+Duplicate rows therefore always tie and go by index.  The result is bit-for-bit repeatable for a given backend and
+device; torch and faiss agree except where two similarities differ by less than float32 product rounding
+(~1e-6 at D=8192) yet more than ``tie_tol``.  Zero rows stay zero after normalisation, so they have cosine 0
+with everything and are ordered purely by index.
 """
 from __future__ import annotations
 
@@ -83,14 +88,57 @@ def _sorted_topk(values: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, n
     return np.take_along_axis(values, order, -1), np.take_along_axis(indices, order, -1)
 
 
-def _exact_row(row_scores: np.ndarray, self_index: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``count`` largest entries of one full score row (self excluded), descending, ties by lower index."""
-    scores = row_scores.astype(np.float32, copy=True)
-    index = np.arange(scores.shape[0], dtype=np.int64)
-    keep = index != self_index
-    scores, index = scores[keep], index[keep]
-    order = np.lexsort((index, -scores))[:count]
-    return scores[order], index[order]
+def _canonical_values(unit: np.ndarray, row: int, candidates: np.ndarray, sign: float) -> np.ndarray:
+    """sign * cos(row, candidates) in float64, rounded to float32.
+
+    A product of two float32 numbers is exact in float64 and the float64 sum is ~1e-12 off, so this is the
+    correctly rounded float32 cosine whatever BLAS, block layout or device computed the first pass: equal rows get
+    equal values, and the index tie rule then decides.
+    """
+    values = unit[candidates].astype(np.float64) @ unit[row].astype(np.float64)
+    return (sign * values).astype(np.float32)
+
+
+def _finish_rows(
+    unit: np.ndarray,
+    rows: np.ndarray,
+    values: np.ndarray,
+    indices: np.ndarray,
+    count: int,
+    sign: float,
+    tie_tol: float,
+    full_row,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Final ``count`` neighbours per row from a first-pass candidate set (self already removed).
+
+    ``values`` are ``sign * cosine`` from a float32 matrix product (``sign=-1`` for conflict lists), ``indices``
+    their rows, at least ``count`` and usually ``count + 1`` per row.  Rows with near-ties (adjacent values within
+    ``tie_tol``, i.e. possibly equal up to float32 rounding) are re-scored exactly so that equal similarities
+    really compare equal and go to the lower index.  When the near-tie sits at the k-th place, the candidate set
+    itself may be wrong, so every row of the pool within ``tie_tol`` of the k-th value (``full_row(r)`` gives the
+    first-pass values of the whole row, self at -inf) joins the re-scored set.
+    """
+    values, indices = _sorted_topk(values, indices.astype(np.int64))
+    gaps = values[:, :-1] - values[:, 1:]
+    inner = (gaps[:, : count - 1] <= tie_tol).any(axis=1) if count > 1 else np.zeros(len(rows), bool)
+    boundary = gaps[:, count - 1] <= tie_tol if values.shape[1] > count else np.zeros(len(rows), bool)
+    out_val, out_idx = values[:, :count].copy(), indices[:, :count].copy()
+    for r in np.flatnonzero(inner | boundary):
+        row = int(rows[r])
+        if not unit[row].any():  # a zero row: cosine 0 with everything, so neighbours are simply the lowest indices
+            others = np.arange(min(count + 1, unit.shape[0]), dtype=np.int64)
+            out_idx[r] = others[others != row][:count]
+            out_val[r] = 0.0
+            continue
+        if boundary[r]:
+            first_pass = full_row(r)
+            candidates = np.flatnonzero(first_pass >= values[r, count - 1] - tie_tol)
+        else:
+            candidates = indices[r]
+        exact = _canonical_values(unit, row, candidates, sign)
+        exact, candidates = _sorted_topk(exact[None, :], candidates[None, :].astype(np.int64))
+        out_val[r], out_idx[r] = exact[0, :count], candidates[0, :count]
+    return out_val, out_idx
 
 
 def _pick_device(device: str | torch.device | None) -> torch.device:
@@ -100,11 +148,11 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
 
 
 def _topk_torch(
-    unit: np.ndarray, k: int, k_neg: int, device: torch.device, memory_bytes: int
+    unit: np.ndarray, k: int, k_neg: int, device: torch.device, memory_bytes: int, tie_tol: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n = unit.shape[0]
     all_rows = torch.from_numpy(unit).to(device)
-    # Each step holds the [block, N] score block, a copy with self masked and a boolean mask: ~3 x 4 bytes a cell.
+    # Each step holds the [block, N] score block, a copy with self masked and topk's workspace: ~3 x 4 bytes a cell.
     block = int(max(1, min(n, memory_bytes // max(1, 12 * n))))
     neighbors = np.empty((n, k), dtype=np.int64)
     similarities = np.empty((n, k), dtype=np.float32)
@@ -114,53 +162,52 @@ def _topk_torch(
         stop = min(n, start + block)
         scores = all_rows[start:stop] @ all_rows.T
         local = torch.arange(stop - start, device=device)
-        for largest, count, out_idx, out_val in ((True, k, neighbors, similarities), (False, k_neg, conflicts, conflict_sims)):
+        for sign, count, out_idx, out_val in ((1.0, k, neighbors, similarities), (-1.0, k_neg, conflicts, conflict_sims)):
             if count == 0:
                 continue
-            signed = scores if largest else -scores  # bottom-k of s == top-k of -s, same tie rule on the index
-            masked = signed.clone()
+            masked = scores.clone() if sign > 0 else -scores  # bottom-k of s is top-k of -s, same tie rule
             masked[local, local + start] = -torch.inf  # exclude self
-            # One extra entry tells whether ties straddle the k-th place.
-            take = min(count + 1, n - 1)
+            take = min(count + 1, n - 1)  # one extra entry shows near-ties at the k-th place
             values, indices = torch.topk(masked, take, dim=1, largest=True, sorted=True)
-            values_np, indices_np = values.cpu().numpy(), indices.cpu().numpy().astype(np.int64)
-            straddle = values_np[:, count - 1] == values_np[:, take - 1] if take > count else np.zeros(stop - start, bool)
-            head_val, head_idx = _sorted_topk(values_np[:, :count], indices_np[:, :count])
-            for r in np.flatnonzero(straddle):
-                row_scores = masked[r].cpu().numpy()
-                head_val[r], head_idx[r] = _exact_row(row_scores, -1, count)  # self already at -inf
+            head_val, head_idx = _finish_rows(
+                unit, np.arange(start, stop), values.cpu().numpy(), indices.cpu().numpy(), count, sign, tie_tol,
+                lambda r, masked=masked: masked[r].cpu().numpy(),
+            )
             out_idx[start:stop] = head_idx
-            out_val[start:stop] = head_val if largest else -head_val
+            out_val[start:stop] = head_val * np.float32(sign)
+            del masked
         del scores
     return neighbors, similarities, conflicts, conflict_sims
 
 
-def _topk_faiss(unit: np.ndarray, k: int, k_neg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _topk_faiss(unit: np.ndarray, k: int, k_neg: int, tie_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     import faiss
 
     n, dim = unit.shape
     index = faiss.IndexFlatIP(dim)
     index.add(unit)
     results = []
-    for count, queries in ((k, unit), (k_neg, None)):
+    for sign, count in ((1.0, k), (-1.0, k_neg)):
         if count == 0:
             results += [np.empty((n, 0), np.int64), np.empty((n, 0), np.float32)]
             continue
-        if queries is None:
-            queries = -unit  # most negative x.y == largest (-x).y
-        # count + 1 real neighbours (one to detect ties at the k-th place) + self, which may or may not come back.
+        queries = unit if sign > 0 else -unit  # most negative x.y == largest (-x).y
+        # count + 1 real neighbours (one to see near-ties at the k-th place) + self, which may or may not come back.
         take = min(count + 2, n)
         values, indices = index.search(np.ascontiguousarray(queries), take)
         # Push self (present at most once per row) to the end of each row, keep the first count + 1 entries.
         is_self = indices == np.arange(n)[:, None]
-        order = np.argsort(is_self, axis=1, kind="stable")[:, : count + 1]
-        indices = np.take_along_axis(indices, order, 1).astype(np.int64)
+        order = np.argsort(is_self, axis=1, kind="stable")[:, : min(count + 1, n - 1)]
+        indices = np.take_along_axis(indices, order, 1)
         values = np.take_along_axis(values, order, 1)
-        out_val, out_idx = _sorted_topk(values[:, :count], indices[:, :count])
-        if take == count + 2:  # otherwise every non-self row came back and nothing can straddle
-            for row in np.flatnonzero(values[:, count - 1] == values[:, count]):
-                out_val[row], out_idx[row] = _exact_row(unit @ queries[row], row, count)
-        results += [out_idx, out_val if queries is unit else -out_val]
+
+        def full_row(r, queries=queries):
+            row_values = unit @ queries[r]
+            row_values[r] = -np.inf
+            return row_values
+
+        out_val, out_idx = _finish_rows(unit, np.arange(n), values, indices, count, sign, tie_tol, full_row)
+        results += [out_idx, out_val * np.float32(sign)]
     return results[0], results[1], results[2], results[3]
 
 
@@ -174,11 +221,13 @@ def build_graph(
     device: str | torch.device | None = None,
     memory_bytes: int = 512 * 2**20,
     faiss_threshold: int = FAISS_THRESHOLD,
+    tie_tol: float = 1e-6,
 ) -> GradientGraph:
     """Exact cosine kNN graph of the rows of ``features`` [N, D].
 
     ``k`` and ``k_neg`` are clipped to N-1 (N=1 gives empty neighbour lists).  ``normalized=True`` says the rows
     are already unit (or zero) so no normalised copy is made.  ``memory_bytes`` bounds the torch score block.
+    ``tie_tol``: first-pass similarities closer than this are re-scored exactly before the index tie rule applies.
     """
     if backend not in ("auto", "torch", "faiss"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
@@ -196,9 +245,9 @@ def build_graph(
     if backend == "auto":
         backend = "faiss" if (torch_device.type == "cpu" and n > faiss_threshold) else "torch"
     if backend == "torch":
-        arrays = _topk_torch(unit, k, k_neg, torch_device, memory_bytes)
+        arrays = _topk_torch(unit, k, k_neg, torch_device, memory_bytes, tie_tol)
     else:
-        arrays = _topk_faiss(unit, k, k_neg)
+        arrays = _topk_faiss(unit, k, k_neg, tie_tol)
     return GradientGraph(*arrays, k=k)
 
 
