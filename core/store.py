@@ -2,19 +2,21 @@
 
 Layout under the cache root (``$G2IS_CACHE_DIR`` or ``cache/``)::
 
-    g2is.duckdb                       projects, rows, ingest reports, checkpoints, feature catalogue, jobs
+    g2is.duckdb                       projects, rows, ingest reports, checkpoints, feature catalogue, jobs,
+                                      kNN graphs, selection runs with their rows and G2IS walk events
     features/<config_key>/<chunk>.npy raw projected features, one array per finished chunk
     checkpoints/<key>/                warmup LoRA weights + Adam moments (safetensors)
     jobs/<id>.log, jobs/<id>.lock     worker output, and the lock a live worker holds
+    exports/<run>.<format>.jsonl      every exported selection, with its manifest
 
 Why feature matrices live in .npy chunk files catalogued in DuckDB rather than in ``FLOAT[8192]`` columns
-(measured by ``bench/storage.py`` on this 2-core machine, 10,000 x 8192 float32): DuckDB took 6-7 s to insert
-and 1.4-1.6 s to read them back, .npy chunks 0.3 s to write and 0.1 s to open as a memory map that is read
-without copying the whole matrix.  More decisive than speed: DuckDB lets one process write at a time and a
-reader's open connection blocks the writer, so every second a job spends inside a write transaction is a
-second the app cannot read.  With chunk files a job writes the bulk data outside the database and holds the
-write lock only for a catalogue insert of a few hundred small rows.  Features keep float32 by default so that
-``dump-features`` hands out exactly what was computed; float16 is an option per feature config.
+(measured by ``bench/storage.py`` on a loaded 2-core machine, 10,000 x 8192 float32; the ratios are the point):
+DuckDB took 31 s to insert them (``FLOAT[]`` 29 s) and 2.7 s (6.0 s) to read them back; .npy chunks took 7.3 s
+to write, of which 0.9 s is the files and the rest one small catalogue transaction per chunk, and 0.8 s to read
+through memory maps.  More decisive than speed: DuckDB lets one process write at a time, so every second a job
+spends in a write transaction is a second the app cannot read.  Writing a 256-row chunk held the lock for 1.5 s
+(worst 8-10 s) as DuckDB arrays and 0.15 s as a chunk file plus catalogue rows.  Features keep float32 by
+default so that ``dump-features`` hands out exactly what was computed; float16 (half the disk) is an option.
 
 Concurrency protocol (DuckDB allows one read-write process, and any open connection of another process blocks
 it): every operation opens a short-lived connection, does its work and closes it, while holding an exclusive
