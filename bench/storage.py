@@ -100,21 +100,26 @@ def insert_routes(folder: Path, data: np.ndarray, kind: str) -> tuple[str, dict[
         path = folder / f"route-{kind}-{route}.duckdb"
         con = duckdb.connect(str(path))
         t = time.perf_counter()
-        if route == "create_table_as":
-            con.register("staged", table)
-            con.execute(f"CREATE TABLE g AS SELECT id, v::{ctype} AS v FROM staged")
-        else:
-            con.execute(f"CREATE TABLE g (id INTEGER, v {ctype})")
-            if route == "register+insert_select":
-                con.register("staged", table)
-                con.execute(f"INSERT INTO g SELECT id, v::{ctype} FROM staged")
-            else:
-                con.from_arrow(table).insert_into("g")
-        con.execute("CHECKPOINT")
+        insert_table(con, table, ctype, route)
         times[route] = time.perf_counter() - t
         con.close()
         path.unlink(missing_ok=True)
     return min(times, key=times.get), times
+
+
+def insert_table(con, table: pa.Table, ctype: str, route: str) -> None:
+    """Create table ``g`` from an Arrow table by one of the insert routes, then CHECKPOINT it to disk."""
+    if route == "create_table_as":
+        con.register("staged", table)
+        con.execute(f"CREATE TABLE g AS SELECT id, v::{ctype} AS v FROM staged")
+    else:
+        con.execute(f"CREATE TABLE g (id INTEGER, v {ctype})")
+        if route == "register+insert_select":
+            con.register("staged", table)
+            con.execute(f"INSERT INTO g SELECT id, v::{ctype} FROM staged")
+        else:
+            con.from_arrow(table).insert_into("g")
+    con.execute("CHECKPOINT")
 
 
 def duckdb_column(folder: Path, data: np.ndarray, kind: str, chunk: int) -> dict:
@@ -128,17 +133,7 @@ def duckdb_column(folder: Path, data: np.ndarray, kind: str, chunk: int) -> dict
     table = pa.table({"id": pa.array(np.arange(n, dtype=np.int32)), "v": arrow_vectors(data, kind)})
     t = time.perf_counter()
     con = duckdb.connect(str(path))
-    if route == "create_table_as":
-        con.register("staged", table)
-        con.execute(f"CREATE TABLE g AS SELECT id, v::{ctype} AS v FROM staged")
-    else:
-        con.execute(f"CREATE TABLE g (id INTEGER, v {ctype})")
-        if route == "register+insert_select":
-            con.register("staged", table)
-            con.execute(f"INSERT INTO g SELECT id, v::{ctype} FROM staged")
-        else:
-            con.from_arrow(table).insert_into("g")
-    con.execute("CHECKPOINT")
+    insert_table(con, table, ctype, route)
     con.close()
     write_s = time.perf_counter() - t
     del table
