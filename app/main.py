@@ -19,8 +19,20 @@ from app import session  # noqa: E402
 
 st.set_page_config(page_title="G2IS Explorer", page_icon=":material/hub:", layout="wide")
 
+# (file, title, icon) in the order of the workflow; the Features page opens first (it starts the demo's features).
+PAGE_SPECS = [
+    ("data.py", "Data", ":material/table:"),
+    ("features.py", "Features", ":material/memory:"),
+    ("map.py", "Map", ":material/scatter_plot:"),
+    ("graph.py", "Graph", ":material/hub:"),
+    ("walk.py", "Walk", ":material/route:"),
+    ("compare.py", "Compare", ":material/compare_arrows:"),
+    ("export.py", "Export", ":material/download:"),
+]
 PAGES = [
-    st.Page(str(REPO / "pages" / "features.py"), title="Features", icon=":material/memory:", url_path="features", default=True),
+    st.Page(str(REPO / "pages" / file), title=title, icon=icon, url_path=file.removesuffix(".py"),
+            default=file == "features.py")
+    for file, title, icon in PAGE_SPECS if (REPO / "pages" / file).exists()
 ]
 
 project = session.open_project()

@@ -218,13 +218,13 @@ def cmd_dump(args) -> int:
 
 
 def _latest_graph(store: Store, project: str) -> dict | None:
-    from core.selection_runs import FeaturesMissing, load_project_features
+    from core.selection_runs import FeaturesMissing, feature_index
 
     try:
-        features = load_project_features(store, project)
+        index = feature_index(store, project)
     except FeaturesMissing:
         return None
-    info = store.latest_graph(features.feature_key)
+    info = store.latest_graph(index.feature_key)
     return {"info": info, "arrays": store.load_graph(info["key"])} if info else None
 
 

@@ -49,7 +49,20 @@ def row_text(messages: list[dict]) -> str:
     return "\n\n".join(m["content"] for m in messages if m.get("role") != "system")
 
 
-def load_project_features(store: Store, project: str) -> ProjectFeatures:
+@dataclass(frozen=True)
+class FeatureIndex:
+    """Which feature sets and rows a project's selection uses, without loading any matrix (cheap for the views)."""
+
+    project: str
+    feature_key: str
+    config_keys: dict  # role -> [feature config key per checkpoint, in checkpoint order]
+    pool_ids: list[str]
+    target_ids: list[str]
+    checkpoint_weights: list[float]
+
+
+def feature_index(store: Store, project: str) -> FeatureIndex:
+    """The current settings' feature sets and the rows every checkpoint has; raises ``FeaturesMissing``."""
     from core.featurize import learning_rate_weights, plan_features
     from core.projects import project_settings
 
@@ -59,36 +72,47 @@ def load_project_features(store: Store, project: str) -> ProjectFeatures:
     if plan.missing_checkpoints or not all(store.finished_hashes(c.key) for c in plan.configs):
         raise FeaturesMissing(f"project {project!r} has no features for its current settings yet: "
                               f"run `python -m core features --project {project}` (or launch them on the Features page)")
-    weights_by_key = learning_rate_weights(store, plan)
-    rows = {role: {r.row_id: r for r in store.rows(project, role)} for role in ("pool", "targets")}
-    matrices: dict[str, list] = {"pool": [], "targets": []}
+    config_keys: dict[str, list[str]] = {"pool": [], "targets": []}
     ids: dict[str, list[str]] = {}
     for checkpoint in plan.checkpoints:
         for role in ("pool", "targets"):
             config = next(c for c in plan.configs if c.role == role and c.checkpoint == checkpoint)
-            role_ids, matrix, _ = store.feature_matrix(project, role, config.key)
-            if role in ids and role_ids != ids[role]:
-                # rows failed at one checkpoint and not another: keep the rows every checkpoint has
-                keep = [i for i in ids[role] if i in set(role_ids)]
-                position = {row_id: n for n, row_id in enumerate(role_ids)}
-                matrix = matrix[[position[i] for i in keep]]
-                old_position = {row_id: n for n, row_id in enumerate(ids[role])}
-                matrices[role] = [m[[old_position[i] for i in keep]] for m in matrices[role]]
-                role_ids = keep
-            ids[role] = role_ids
-            matrices[role].append(matrix)
+            config_keys[role].append(config.key)
+            role_ids = store.feature_row_ids(project, role, config.key)
+            # rows that failed at one checkpoint and not another: keep the rows every checkpoint has
+            ids[role] = role_ids if role not in ids else [i for i in ids[role] if i in set(role_ids)]
     if not ids["pool"] or not ids["targets"]:
         raise FeaturesMissing(f"project {project!r}: every {'pool' if not ids['pool'] else 'target'} row failed "
                               "to get a feature; see `python -m core status` for the errors")
-    key = stable_hash([c.key for c in plan.configs] + [ids["pool"], ids["targets"]])
-    pool_rows = [rows["pool"][i] for i in ids["pool"]]
-    target_rows = [rows["targets"][i] for i in ids["targets"]]
+    weights_by_key = learning_rate_weights(store, plan)
+    return FeatureIndex(
+        project=project,
+        feature_key=stable_hash([c.key for c in plan.configs] + [ids["pool"], ids["targets"]]),
+        config_keys=config_keys, pool_ids=ids["pool"], target_ids=ids["targets"],
+        checkpoint_weights=[weights_by_key[c.key] for c in plan.checkpoints],
+    )
+
+
+def load_project_features(store: Store, project: str, index: FeatureIndex | None = None) -> ProjectFeatures:
+    index = index or feature_index(store, project)
+    rows = {role: {r.row_id: r for r in store.rows(project, role)} for role in ("pool", "targets")}
+    wanted = {"pool": index.pool_ids, "targets": index.target_ids}
+    matrices: dict[str, list[np.ndarray]] = {"pool": [], "targets": []}
+    for role in ("pool", "targets"):
+        for config_key in index.config_keys[role]:
+            role_ids, matrix, _ = store.feature_matrix(project, role, config_key)
+            if role_ids != wanted[role]:
+                position = {row_id: n for n, row_id in enumerate(role_ids)}
+                matrix = matrix[[position[i] for i in wanted[role]]]
+            matrices[role].append(matrix)
+    pool_rows = [rows["pool"][i] for i in index.pool_ids]
+    target_rows = [rows["targets"][i] for i in index.target_ids]
     return ProjectFeatures(
-        project=project, feature_key=key,
-        pool_ids=ids["pool"], pool=matrices["pool"][-1], target_ids=ids["targets"], targets=matrices["targets"][-1],
+        project=project, feature_key=index.feature_key,
+        pool_ids=index.pool_ids, pool=matrices["pool"][-1], target_ids=index.target_ids, targets=matrices["targets"][-1],
         target_groups=[r.group for r in target_rows],
         pool_by_checkpoint=matrices["pool"], targets_by_checkpoint=matrices["targets"],
-        checkpoint_weights=[weights_by_key[c.key] for c in plan.checkpoints],
+        checkpoint_weights=index.checkpoint_weights,
         pool_texts=[row_text(r.messages) for r in pool_rows], target_texts=[row_text(r.messages) for r in target_rows],
         pool_sources=[r.source for r in pool_rows],
     )

@@ -445,6 +445,13 @@ class Store:
                 removed += 1
         return removed
 
+    def feature_row_ids(self, project: str, role: str, config_key: str) -> list[str]:
+        """Ids of the project's rows that have a feature in this set, in stored row order."""
+        with self._connect() as con:
+            return [r[0] for r in con.execute(
+                "SELECT r.row_id FROM rows r JOIN features f ON f.content_hash = r.content_hash AND f.config_key = ? "
+                "WHERE r.project = ? AND r.role = ? ORDER BY r.ordinal", [config_key, project, role]).fetchall()]
+
     def feature_matrix(self, project: str, role: str, config_key: str) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Row ids, raw projected features [N, K] float32 and their norms, in stored row order.
 

@@ -1,0 +1,142 @@
+"""Benchmark: selection quality on real data — how many picks each method takes from the pool's on-domain sources.
+
+A stratified sample of ``../shared/data/pool`` (the same number of rows from every source file, seeded) is the pool;
+three target sets from ``../shared/data/targets`` each make one project over that same pool:
+
+* GSM8K targets: on-domain = ``gsm8k_train`` rows and FLAN CoT AQuA rows (math word problems with a worked answer);
+* HumanEval targets: on-domain = ``code_alpaca`` rows;
+* MMLU targets: the issue names no source, so the on-domain rule here is our choice, stated in the output:
+  multiple-choice rows (a prompt with lettered options such as ``(A) ...`` or ``A. ...`` lines), from any source.
+
+Features are SmolLM2-135M-Instruct LoRA gradients from ``core.featurize`` with the project's default settings.
+Features are content-addressed, so the pool (and the warmup) is computed once for all three projects, and a second
+run of this script reuses everything from its cache (``cache/bench-quality`` unless ``--cache``).  On 2 idle CPU
+cores the first run costs roughly one second per row (~10–15 minutes for the default 480 + 84 rows).
+
+Every method runs at the same budget; the table prints each method's on-domain share next to the random base rate
+(the on-domain share of the whole featurised pool), and the run ends with ``figure: NAME = VALUE`` lines.
+
+    python bench/quality.py [--per-source 60] [--ratio 0.05] [--cache DIR]
+
+Skips (exit 0, with a message) when ``../shared/data`` is absent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Lettered options on their own lines: FLAN CoT's "(A) 300", MMLU's "A. 0".
+MULTIPLE_CHOICE = re.compile(r"(?m)^\s*\(?[A-E][).]\s+\S.*\n\s*\(?[B-F][).]\s+\S")
+
+TARGET_SETS = {
+    # name: (targets file, rows to sample (None = all), on-domain rule description, rule)
+    "gsm8k": ("gsm8k.jsonl", 32, "gsm8k_train + flan_cot AQuA rows",
+              lambda row_id, source, text: source == "gsm8k_train" or row_id.startswith("flan_cot-aqua")),
+    "humaneval": ("humaneval.jsonl", None, "code_alpaca rows",
+                  lambda row_id, source, text: source == "code_alpaca"),
+    "mmlu": ("mmlu.jsonl", 32, "multiple-choice rows (lettered options), any source",
+             lambda row_id, source, text: bool(MULTIPLE_CHOICE.search(text))),
+}
+METHODS = ["g2is", "less", "tsds-kde", "tsds-uniform", "embedding", "random"]
+
+
+def sample_jsonl(path: Path, count: int | None, seed: int) -> list[str]:
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if count is None or count >= len(lines):
+        return lines
+    picked = sorted(random.Random(seed).sample(range(len(lines)), count))
+    return [lines[i] for i in picked]
+
+
+def write_inputs(work: Path, per_source: int, seed: int) -> tuple[Path, dict[str, Path]]:
+    """The stratified pool sample and the target samples, written once (same seed, same files)."""
+    work.mkdir(parents=True, exist_ok=True)
+    pool_path = work / f"pool_{per_source}_per_source_seed{seed}.jsonl"
+    if not pool_path.exists():
+        lines = []
+        for source_file in sorted((SHARED_DATA / "pool").glob("*.jsonl")):
+            lines += sample_jsonl(source_file, per_source, seed)
+        pool_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    target_paths = {}
+    for name, (file, count, _, _) in TARGET_SETS.items():
+        target_paths[name] = work / f"targets_{name}_{count or 'all'}_seed{seed}.jsonl"
+        if not target_paths[name].exists():
+            target_paths[name].write_text("\n".join(sample_jsonl(SHARED_DATA / "targets" / file, count, seed)) + "\n",
+                                          encoding="utf-8")
+    return pool_path, target_paths
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-source", type=int, default=60, help="pool rows sampled from each source file")
+    parser.add_argument("--ratio", type=float, default=0.05, help="budget as a fraction of the featurised pool")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=REPO / "cache" / "bench-quality")
+    args = parser.parse_args()
+    if not (SHARED_DATA / "pool").is_dir() or not (SHARED_DATA / "targets").is_dir():
+        print(f"skipped: shared data not found at {SHARED_DATA}")
+        return 0
+
+    from core.config import FeatureSettings
+    from core.featurize import run_features
+    from core.ingest import ingest_files
+    from core.selection_runs import load_project_features, run_selection
+    from core.store import Store
+
+    store = Store(args.cache)
+    pool_path, target_paths = write_inputs(args.cache / "inputs", args.per_source, args.seed)
+    settings = FeatureSettings()
+    figures: dict[str, float] = {}
+    for name, target_path in target_paths.items():
+        project = f"quality-{name}"
+        if project not in store.projects():
+            ingest_files(store, project, "pool", [pool_path], on_error="skip")
+            ingest_files(store, project, "targets", [target_path], on_error="skip")
+        store.ensure_project(project, settings.to_dict())
+        started = time.perf_counter()
+        run_features(store, project, settings, log=lambda text: print(f"  [{project}] {text}", flush=True))
+        print(f"{project}: features ready in {time.perf_counter() - started:.0f} s")
+
+    print(f"\npool: {args.per_source} rows per source file from {SHARED_DATA / 'pool'} (seed {args.seed}); "
+          f"budget ratio {args.ratio}")
+    for name, (_, _, rule_text, rule) in TARGET_SETS.items():
+        project = f"quality-{name}"
+        features = load_project_features(store, project)
+        texts = features.pool_texts
+        on_domain = [rule(row_id, source, text) for row_id, source, text
+                     in zip(features.pool_ids, features.pool_sources, texts)]
+        base_rate = sum(on_domain) / len(on_domain)
+        print(f"\n{name}: {len(features.target_ids)} targets, {len(features.pool_ids)} featurised pool rows; "
+              f"on-domain = {rule_text}: {sum(on_domain)} rows, base rate {base_rate:.3f}")
+        print(f"  {'method':<14}{'picks':>6}{'on-domain':>11}{'x base':>8}  sources of the picks")
+        figures[f"{name}_base_rate"] = base_rate
+        for method in METHODS:
+            started = time.perf_counter()
+            run = run_selection(store, project, method, ratio=args.ratio, features=features, record_events=False)
+            seconds = time.perf_counter() - started
+            rows = run.result.rows
+            share = sum(on_domain[r] for r in rows) / max(1, len(rows))
+            sources = Counter(features.pool_sources[r] for r in rows).most_common(4)
+            print(f"  {method:<14}{len(rows):>6}{share:>11.3f}{share / base_rate if base_rate else float('nan'):>8.2f}  "
+                  + ", ".join(f"{s} {c}" for s, c in sources) + f"  ({seconds:.1f} s)")
+            figures[f"{name}_{method.replace('-', '_')}_on_domain"] = share
+    print()
+    for figure, value in figures.items():
+        print(f"figure: {figure} = {value:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
