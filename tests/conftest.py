@@ -106,3 +106,43 @@ def chat_rows(n: int, prefix: str = "row", words: int = 12) -> list[dict]:
 def subprocess_env(cache_root: Path) -> dict:
     env = dict(os.environ, G2IS_CACHE_DIR=str(cache_root), PYTHONPATH=str(REPO))
     return env
+
+
+EXPLORE_PROJECT = "explore"
+
+
+@pytest.fixture(scope="session")
+def explore_cache_template(tmp_path_factory, tiny_model_dir) -> Path:
+    """A cache holding project ``explore`` with complete tiny-model features, built once per test session:
+    60 pool rows from three sources (math, code, chat; 20 each) and 6 target rows in two groups."""
+    from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
+    from core.featurize import run_features
+    from core.ingest import ingest_files
+    from core.store import Store
+
+    folder = tmp_path_factory.mktemp("explore")
+    store = Store(folder / "cache")
+    rows = chat_rows(60, "pool")
+    for i, row in enumerate(rows):
+        row["source"] = ("math", "code", "chat")[i % 3]
+    targets = [dict(r, group=f"g{i % 2}") for i, r in enumerate(chat_rows(6, "target"))]
+    ingest_files(store, EXPLORE_PROJECT, "pool", [write_jsonl(folder / "pool.jsonl", rows)])
+    ingest_files(store, EXPLORE_PROJECT, "targets", [write_jsonl(folder / "targets.jsonl", targets)])
+    settings = FeatureSettings(model=str(tiny_model_dir), max_tokens=64, projection=ProjectionArguments(dim=256),
+                               warmup=WarmupArguments(fraction=0.1))
+    store.ensure_project(EXPLORE_PROJECT, settings.to_dict())
+    run_features(store, EXPLORE_PROJECT, settings, log=lambda text: None)
+    return folder / "cache"
+
+
+@pytest.fixture()
+def explore_project(explore_cache_template, tmp_path, monkeypatch) -> tuple[Path, str]:
+    """A private copy of the ``explore`` cache (G2IS_CACHE_DIR points at it): (cache root, project name).
+
+    Feature chunk files stay in the template (the store records absolute paths); tests only read them."""
+    import shutil
+
+    root = tmp_path / "cache"
+    shutil.copytree(explore_cache_template, root, ignore=shutil.ignore_patterns("*.lock"))
+    monkeypatch.setenv("G2IS_CACHE_DIR", str(root))
+    return root, EXPLORE_PROJECT
