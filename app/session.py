@@ -5,11 +5,18 @@ built-in demo, which is created on first use.  Errors reach the user as messages
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from core.config import cache_dir
 from core.demo import DEMO_PROJECT
 from core.projects import create_demo_project
+from core.maps import layout_info, load_layout
+from core.modeling import ModelError
+from core.selection_runs import FeatureIndex, FeaturesMissing, feature_index
 from core.store import Store, StoreError
 
 
@@ -47,3 +54,62 @@ def open_project() -> str:
 
 def project() -> str:
     return st.session_state.get("project") or open_project()
+
+
+def switch_project(name: str) -> None:
+    """Make ``name`` the current project in the URL and the session; main.py's ``open_project`` picks it up on
+    the next run (call from a widget callback, or follow with ``st.rerun()``)."""
+    st.session_state["project"] = name
+    st.query_params["project"] = name
+
+
+PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"
+
+
+def page_link(page: str, label: str, icon: str | None = None) -> None:
+    """A link to a file of ``pages/``.  ``st.page_link`` resolves relative paths against app/main.py, so the
+    file is passed as an absolute path; when the page is not part of the app the label is shown as text."""
+    try:
+        st.page_link(str(PAGES_DIR / page), label=label, icon=icon)
+    except StreamlitAPIException:
+        st.markdown(f"See the **{page.removesuffix('.py').title()}** page.")
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _feature_index_for(_store: Store, root: str, project: str, rows_version: tuple, settings: str) -> FeatureIndex:
+    # The index needs the tokenizer and every row id (a second or more at 50k rows), so it is kept per process.
+    # Its inputs are the project's rows and settings (both in the key) and its complete features, which never
+    # change once complete; an incomplete project raises, and exceptions are not cached.
+    return feature_index(_store, project)
+
+
+def current_feature_index(project: str) -> FeatureIndex:
+    """The project's FeatureIndex (cached); raises ``FeaturesMissing`` or ``ValueError`` like ``feature_index``."""
+    current = store()
+    settings = json.dumps(current.project_settings(project), sort_keys=True)
+    return _feature_index_for(current, str(current.root), project, current.rows_version(project), settings)
+
+
+def features_or_stop(project: str, needed_for: str) -> FeatureIndex:
+    """The project's FeatureIndex, or a message that says what to do (and the page stops there)."""
+    try:
+        return current_feature_index(project)
+    except FeaturesMissing as error:
+        st.warning(f"{needed_for} needs the gradient features. {error}")
+        page_link("features.py", "Compute the features on the Features page", ":material/memory:")
+    except (ModelError, ValueError, OSError) as error:
+        st.error(f"The project's features cannot be read: {error}")
+    st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _layout_for(_store: Store, root: str, key: str, _info: dict):
+    return load_layout(_store, _info)
+
+
+def map_layout(project: str, space: str, index: FeatureIndex):
+    """The stored map layout of ``space`` for the current features (cached for good: a layout never changes
+    under its key), or None when it has not been computed."""
+    current = store()
+    info = layout_info(current, project, space, index)
+    return _layout_for(current, str(current.root), info["key"], info) if info else None

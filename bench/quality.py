@@ -23,7 +23,6 @@ Skips (exit 0, with a message) when ``../shared/data`` is absent.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re

@@ -17,10 +17,9 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-from core.config import FeatureSettings, LoraArguments, ProjectionArguments, WarmupArguments
+from core.config import FeatureSettings
 from core.projects import project_settings
 from core.store import Store
 
@@ -30,36 +29,12 @@ def _store() -> Store:
 
 
 def _settings_from_args(store: Store, args) -> FeatureSettings:
-    settings = project_settings(store, args.project)
-    lora = settings.lora
-    lora = LoraArguments(
-        r=args.lora_r or lora.r,
-        alpha=args.lora_alpha or lora.alpha,
-        target_modules=tuple(args.lora_targets.split(",")) if args.lora_targets else lora.target_modules,
-        init_seed=lora.init_seed,
-    )
-    projection = settings.projection
-    projection = ProjectionArguments(
-        kind=args.proj_kind or projection.kind,
-        dim=args.proj_dim or projection.dim,
-        seed=projection.seed if args.proj_seed is None else args.proj_seed,
-        sparsity=args.proj_sparsity or projection.sparsity,
-    )
-    warmup = settings.warmup
-    changes = {}
-    if args.warmup_fraction is not None:
-        changes["fraction"] = args.warmup_fraction
-    if args.warmup_epochs is not None:
-        changes["epochs"] = args.warmup_epochs
-    if args.warmup_checkpoints:
-        changes["checkpoints"] = args.warmup_checkpoints
-    warmup = WarmupArguments(**{**asdict(warmup), **changes})
-    top = {}
-    for name in ("model", "max_tokens", "device", "batch_size", "chunk_rows", "chunk_seconds", "storage_dtype"):
-        value = getattr(args, name, None)
-        if value is not None:
-            top[name] = value
-    return settings.replace(lora=lora, projection=projection, warmup=warmup, **top)
+    from core.projects import EDITABLE_SETTINGS, edit_settings
+
+    flags = {"lora_targets": "lora_targets", "projection_kind": "proj_kind", "projection_dim": "proj_dim",
+             "projection_seed": "proj_seed", "projection_sparsity": "proj_sparsity"}
+    changes = {name: getattr(args, flags.get(name, name), None) for name in EDITABLE_SETTINGS}
+    return edit_settings(project_settings(store, args.project), **changes)
 
 
 def cmd_ingest(args) -> int:

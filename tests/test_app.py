@@ -34,7 +34,7 @@ def test_features_page_estimates_launches_and_shows_the_cached_result(tmp_path, 
     assert any("12 pool rows, 3 target rows" in m.value for m in app.markdown)
     info = " ".join(i.value for i in app.info)
     assert "Estimate:" in info and "tokens" in info
-    app.button[0].click().run()
+    next(b for b in app.button if b.label == "Compute features").click().run()
     assert not app.exception
     (job,) = store.jobs("tiny")
     assert jobs.wait(store, job.id, timeout=120).status == "done"
@@ -58,3 +58,27 @@ def test_unknown_project_falls_back_to_the_demo_which_starts_its_features(cache)
         assert len(store.jobs("demo")) == 1
     finally:
         os.killpg(store.job(job.id).pid, signal.SIGKILL)  # the real SmolLM2 run is not what this test is about
+
+
+def test_settings_form_saves_valid_settings_and_explains_bad_ones(tmp_path, cache, tiny_model_dir):
+    store = tiny_project(tmp_path, tiny_model_dir)
+    app = AppTest.from_file(MAIN, default_timeout=60)
+    app.query_params["project"] = "tiny"
+    app.run()
+    assert not app.exception
+    by_label = {w.label: w for w in app.number_input}
+    by_label["Max tokens"].set_value(48)
+    by_label["Projection dim"].set_value(64)
+    next(w for w in app.text_input if w.label == "LoRA target modules").set_value("q_proj, v_proj")
+    next(b for b in app.button if b.label == "Save settings").click().run()
+    assert not app.exception and not app.error
+    saved = FeatureSettings.from_dict(store.project_settings("tiny"))
+    assert (saved.max_tokens, saved.projection.dim, saved.lora.target_modules) == (48, 64, ("q_proj", "v_proj"))
+    assert saved.model == str(tiny_model_dir)  # untouched fields keep their values
+    assert "max 48 tokens" in " ".join(m.value for m in app.markdown)
+
+    next(w for w in app.text_input if w.label == "LoRA target modules").set_value(" , ")
+    next(b for b in app.button if b.label == "Save settings").click().run()
+    assert not app.exception
+    assert any("Settings not saved" in e.value and "target module" in e.value for e in app.error)
+    assert FeatureSettings.from_dict(store.project_settings("tiny")).lora.target_modules == ("q_proj", "v_proj")

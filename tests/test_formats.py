@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import tracemalloc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import REPO, chat_rows, subprocess_env, write_jsonl
 from core import jobs

@@ -26,7 +26,6 @@ the reference except on exact mathematical ties.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, ClassVar, Iterator
 

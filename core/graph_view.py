@@ -1,0 +1,244 @@
+"""Views of the stored gradient graph: a row's k-hop neighbourhood or a selection's rows, drawn with pyvis.
+
+Role in the app: the Graph page's logic.  The kNN graph itself (``core.graph``) is built once per feature key by
+``core.selection_runs.project_graph`` and stored; this module reads it back by feature key only
+(``stored_graph``: no feature matrix), cuts out a subgraph of at most ``MAX_NODES`` nodes, places the nodes at
+their gradient-map positions (``core.maps``; a spring layout when no map is stored yet), and renders it as a
+self-contained vis-network page with physics off -- similarity edges solid, conflict (negative-cosine) edges red
+and dashed, user text escaped in titles and labels.  ``graph_summary`` adds networkx statistics of the same
+subgraph.  Targets are not nodes: the graph is over the pool only.
+"""
+from __future__ import annotations
+
+import html
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.graph import DEFAULT_K, GradientGraph, to_networkx
+from core.maps import MapPoints, PREVIEW_CHARS, source_colors
+from core.selection_runs import FeatureIndex, load_project_features, project_graph, row_text
+from core.store import Store
+
+MAX_NODES = 1_500  # vis-network stays responsive with physics off well beyond this; the browser payload does not
+DEFAULT_EDGES_PER_NODE = 8
+CANVAS_WIDTH = 1_000  # vis-network coordinates of the drawn box (the view fits it to the frame)
+SIMILAR_STYLE = {"color": "#8AA4C8", "dashes": False}
+CONFLICT_STYLE = {"color": "#D62728", "dashes": True}
+CENTRE_COLOR = "#111111"
+
+
+@dataclass(frozen=True, eq=False)
+class StoredGraph:
+    key: str
+    info: dict  # the graphs row: k, k_conflict, n_rows, backend, seconds, created
+    graph: GradientGraph
+
+
+def latest_graph_key(store: Store, index: FeatureIndex) -> str | None:
+    """Key of the newest stored graph of the project's current feature key (a catalogue lookup), or None."""
+    info = store.latest_graph(index.feature_key)
+    return info["key"] if info else None
+
+
+def load_stored_graph(store: Store, key: str) -> StoredGraph | None:
+    """A stored graph by key (graph tables only: no feature matrix).  Immutable, so callers may cache it."""
+    info = store.graph_info(key)
+    arrays = store.load_graph(key) if info else None
+    if arrays is None:
+        return None
+    return StoredGraph(key, info, GradientGraph(k=arrays["neighbors"].shape[1], **arrays))
+
+
+def stored_graph(store: Store, index: FeatureIndex) -> StoredGraph | None:
+    """The newest stored graph of the project's current feature key, or None."""
+    key = latest_graph_key(store, index)
+    return load_stored_graph(store, key) if key else None
+
+
+def build_stored_graph(store: Store, project: str, index: FeatureIndex, k: int = DEFAULT_K) -> StoredGraph:
+    """Build the kNN graph of the current features and store it (loads the feature matrix: a one-off)."""
+    features = load_project_features(store, project, index)
+    graph, info = project_graph(store, features, k=k)
+    return StoredGraph(info["key"], info, graph)
+
+
+def neighbourhood_nodes(graph: GradientGraph, centre: int, hops: int = 1, per_node: int = DEFAULT_EDGES_PER_NODE,
+                        max_nodes: int = MAX_NODES) -> tuple[list[int], bool]:
+    """Breadth-first ``hops`` steps from ``centre`` along each node's ``per_node`` most similar neighbours, plus
+    the centre's conflict neighbours (strictly negative cosine).  Returns (nodes, capped): nodes in visiting
+    order, capped when ``max_nodes`` stopped the walk early."""
+    if not 0 <= centre < graph.n_nodes:
+        raise ValueError(f"node {centre} is not in the graph (0..{graph.n_nodes - 1})")
+    seen = {centre: None}
+    frontier = [centre]
+    capped = False
+    for _ in range(hops):
+        following = []
+        for node in frontier:
+            for neighbour in graph.neighbors[node, :per_node]:
+                neighbour = int(neighbour)
+                if neighbour in seen:
+                    continue
+                if len(seen) >= max_nodes:
+                    capped = True
+                    break
+                seen[neighbour] = None
+                following.append(neighbour)
+            if capped:
+                break
+        frontier = following
+        if capped or not frontier:
+            break
+    for neighbour, similarity in zip(graph.conflicts[centre], graph.conflict_similarities[centre]):
+        if similarity < 0 and int(neighbour) not in seen:
+            if len(seen) >= max_nodes:
+                capped = True
+                break
+            seen[int(neighbour)] = None
+    return list(seen), capped
+
+
+def selection_nodes(store: Store, run_id: str, pool_ids: list[str],
+                    max_nodes: int = MAX_NODES) -> tuple[list[int], bool, int]:
+    """A stored selection's rows as graph nodes (pool indices of the current features, selection order).
+
+    Returns (nodes, capped, missing): rows are matched by id, so a run of older features still shows the rows
+    that are still in the pool; ``missing`` counts the others."""
+    position = {row_id: n for n, row_id in enumerate(pool_ids)}
+    picked = [position.get(row_id) for _, row_id, _, _ in store.selection_rows(run_id)]
+    present = [n for n in picked if n is not None]
+    return present[:max_nodes], len(present) > max_nodes, len(picked) - len(present)
+
+
+@dataclass
+class GraphView:
+    """A subgraph ready to draw: nodes are pool indices, ``graph`` is networkx with edge ``weight`` and ``kind``."""
+
+    nodes: list[int]
+    graph: object  # networkx.Graph
+    row_ids: dict[int, str]
+    sources: dict[int, str]
+    previews: dict[int, str]
+    positions: dict[int, tuple[float, float]]
+    centre: int | None = None
+    capped: bool = False
+    notes: list[str] = field(default_factory=list)
+    colors: dict[str, str] = field(default_factory=dict)  # source -> colour (the map's, when there is a map)
+
+    @property
+    def conflict_edges(self) -> int:
+        return sum(1 for _, _, kind in self.graph.edges(data="kind") if kind == "conflict")
+
+    @property
+    def similar_edges(self) -> int:
+        return sum(1 for _, _, kind in self.graph.edges(data="kind") if kind == "similar")
+
+
+def _scaled_positions(nodes: list[int], x: np.ndarray, y: np.ndarray) -> dict[int, tuple[float, float]]:
+    """Fit the nodes' bounding box into CANVAS_WIDTH (aspect kept); y flipped, since the canvas grows downwards."""
+    xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    span = max(xs.max() - xs.min(), ys.max() - ys.min(), 1e-9)
+    scale = CANVAS_WIDTH / span
+    return {node: (float((a - xs.min()) * scale), float((ys.max() - b) * scale)) for node, a, b in zip(nodes, xs, ys)}
+
+
+def subgraph_view(store: Store, project: str, index: FeatureIndex, graph: GradientGraph, nodes: list[int], *,
+                  centre: int | None = None, capped: bool = False, points: MapPoints | None = None,
+                  per_node: int = DEFAULT_EDGES_PER_NODE, notes: list[str] | None = None) -> GraphView:
+    """Edges among ``nodes`` (each node's ``per_node`` most similar neighbours, and its negative conflict
+    neighbours), the rows' ids, sources and text previews, and positions from the gradient map ``points``."""
+    import networkx as nx
+
+    notes = list(notes or [])
+    top = GradientGraph(graph.neighbors[:, :per_node], graph.similarities[:, :per_node], graph.conflicts,
+                        graph.conflict_similarities, k=min(per_node, graph.k))
+    subgraph = to_networkx(top, nodes) if nodes else nx.Graph()
+    ids = {node: index.pool_ids[node] for node in nodes}
+    rows = {row.row_id: row for row in store.rows_by_id(project, "pool", list(ids.values()))}
+    sources = {node: (rows[row_id].source or "") if row_id in rows else "" for node, row_id in ids.items()}
+    previews = {node: row_text(rows[row_id].messages)[:PREVIEW_CHARS] if row_id in rows else ""
+                for node, row_id in ids.items()}
+    if points is not None and points.feature_key == index.feature_key and nodes:
+        positions = _scaled_positions(nodes, points.x[nodes], points.y[nodes])
+    elif nodes:
+        layout = nx.spring_layout(subgraph, seed=0, weight=None)
+        coords = np.array([layout[node] for node in nodes])
+        positions = _scaled_positions(nodes, coords[:, 0], coords[:, 1])
+        notes.append("No gradient map is stored yet, so nodes are placed by a spring layout; compute the map on "
+                     "the Map page to place them at their map positions.")
+    else:
+        positions = {}
+    if capped:
+        notes.append(f"Capped at {len(nodes):,} nodes to keep the view responsive.")
+    # The map's colours when there is a map (so a source has one colour on both pages), else this view's own.
+    colors = source_colors(points.sources[:points.n_pool] if points is not None else sources.values())
+    return GraphView(nodes, subgraph, ids, sources, previews, positions, centre, capped, notes, colors)
+
+
+def node_title(row_id: str, source: str, preview: str, degree: int) -> str:
+    """Hover text of a node, escaped: pyvis titles can be rendered as HTML (its link template uses innerHTML)."""
+    body = " ".join(preview.split())
+    return html.escape(f"{row_id} · {source or 'no source'} · degree {degree}\n{body}")
+
+
+def network_html(view: GraphView, height: int = 650) -> str:
+    """A self-contained vis-network page (scripts inlined: the app works offline), physics off."""
+    from pyvis.network import Network
+
+    # directed=True only to skip pyvis's O(edges) duplicate scan per add_edge (networkx already deduplicated);
+    # arrows are switched off below, so the drawing is undirected.
+    network = Network(height=f"{height}px", width="100%", directed=True, cdn_resources="in_line", bgcolor="#ffffff")
+    network.toggle_physics(False)
+    colors = view.colors or source_colors(view.sources.values())
+    degrees = dict(view.graph.degree())
+    for node in view.nodes:
+        x, y = view.positions.get(node, (0.0, 0.0))
+        is_centre = node == view.centre
+        network.add_node(
+            int(node), label=html.escape(view.row_ids[node]) if (is_centre or len(view.nodes) <= 60) else " ",
+            title=node_title(view.row_ids[node], view.sources[node], view.previews[node], degrees.get(node, 0)),
+            color=CENTRE_COLOR if is_centre else colors.get(view.sources[node], "#97c2fc"),
+            x=x, y=y, size=16 if is_centre else 8, physics=False, shape="dot",
+        )
+    for a, b, data in view.graph.edges(data=True):
+        style = CONFLICT_STYLE if data["kind"] == "conflict" else SIMILAR_STYLE
+        network.add_edge(int(a), int(b), title=f"{data['kind']}: cosine {data['weight']:.3f}",
+                         width=1.0 + 2.0 * abs(float(data["weight"])), arrows={"to": {"enabled": False}},
+                         color=style["color"], dashes=style["dashes"], smooth=False, physics=False)
+    return network.generate_html()
+
+
+@dataclass
+class GraphSummary:
+    nodes: int
+    similar_edges: int
+    conflict_edges: int
+    components: int
+    largest_component: int
+    mean_degree: float
+    isolated: int
+    top_degree: list[dict]  # the best-connected rows: id, source, degree
+    sources: dict[str, int]
+
+
+def graph_summary(view: GraphView, top: int = 10) -> GraphSummary:
+    """networkx statistics of the drawn subgraph (similarity edges only for connectivity)."""
+    import networkx as nx
+
+    similar = nx.Graph()
+    similar.add_nodes_from(view.graph.nodes)
+    similar.add_edges_from((a, b) for a, b, kind in view.graph.edges(data="kind") if kind == "similar")
+    components = list(nx.connected_components(similar)) if similar.number_of_nodes() else []
+    degrees = sorted(view.graph.degree(), key=lambda item: (-item[1], item[0]))
+    n = view.graph.number_of_nodes()
+    return GraphSummary(
+        nodes=n, similar_edges=view.similar_edges, conflict_edges=view.conflict_edges,
+        components=len(components), largest_component=max((len(c) for c in components), default=0),
+        mean_degree=(2 * view.graph.number_of_edges() / n) if n else 0.0,
+        isolated=sum(1 for _, degree in view.graph.degree() if degree == 0),
+        top_degree=[{"id": view.row_ids[node], "source": view.sources[node], "degree": degree}
+                    for node, degree in degrees[:top]],
+        sources=dict(Counter(view.sources.values()).most_common()),
+    )

@@ -1,0 +1,141 @@
+"""Compare page: several selection methods at one budget -- their overlap (Jaccard) matrix, the source
+composition of each selection, the rows only one method picked, and each run's notes.  A thin view over
+``core.compare``: stored runs are reused, and only the methods without one run, on the Run button."""
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import session
+from core.compare import (COMPARE_METHODS, METHOD_TITLES, UNIQUE_ROWS_LISTED, Comparison, compare_runs,
+                          plan_comparison, run_missing)
+
+store, project = session.store(), session.project()
+st.title("Compare methods")
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def comparison_of(root: str, run_ids: tuple[str, ...]) -> Comparison:
+    # Stored runs never change, so their comparison is cached by the runs' ids (and the cache it came from).
+    return compare_runs(session.store(), list(run_ids))
+
+
+index = session.features_or_stop(project, "Comparing methods")
+
+n_pool = len(index.pool_ids)
+left, middle, right = st.columns([2, 2, 5])
+budget_kind = left.radio("Budget as", ["fraction of the pool", "number of rows"], key="compare-budget-kind")
+if budget_kind == "fraction of the pool":
+    ratio = middle.number_input("Fraction", min_value=0.001, max_value=1.0, value=0.05, step=0.01, format="%.3f",
+                                key="compare-ratio")
+    sizing = {"ratio": float(ratio)}
+else:
+    rows = middle.number_input("Rows", min_value=1, max_value=n_pool, value=min(100, n_pool), step=1,
+                               key="compare-rows")
+    sizing = {"budget": int(rows)}
+methods = right.multiselect("Methods", COMPARE_METHODS, default=list(COMPARE_METHODS), key="compare-methods",
+                            format_func=lambda m: METHOD_TITLES.get(m, m))
+if not methods:
+    st.info("Pick at least one method to compare.")
+    st.stop()
+
+try:
+    plan = plan_comparison(store, project, methods, index=index, **sizing)
+except ValueError as error:
+    st.error(str(error))
+    st.stop()
+
+st.markdown(f"**{plan.budget}** of {n_pool} pool rows per method, on feature set `{plan.feature_key}`.")
+for note in plan.budget_notes:
+    st.caption(note)
+
+for method, message in st.session_state.pop("compare-failures", {}).items():
+    st.error(f"{METHOD_TITLES.get(method, method)} failed: {message}")
+if plan.missing:
+    if plan.stored:
+        st.info(f"Stored at this budget: {', '.join(plan.stored)}. Not run yet: {', '.join(plan.missing)}. "
+                "**Run** computes only the missing methods (loading the features once) and stores them.")
+    else:
+        st.info("No method has a stored selection at this budget yet: press **Run** to run "
+                f"{', '.join(plan.missing)} (the features are loaded once) and store them.")
+    if st.button(f"Run {len(plan.missing)} method{'s' if len(plan.missing) != 1 else ''}", type="primary",
+                 key="compare-run"):
+        progress = st.progress(0.0, text="Loading the features...")
+
+        def show(method: str, done: int, total: int) -> None:
+            text = f"Running {METHOD_TITLES.get(method, method)} ({done + 1} of {total})..." if method else "Done."
+            progress.progress(done / total if total else 1.0, text=text)
+
+        try:
+            with st.spinner("Selecting..."):
+                plan = run_missing(store, plan, on_progress=show)
+        except ValueError as error:  # FeaturesMissing included
+            st.error(str(error))
+            st.stop()
+        st.session_state["compare-failures"] = plan.failures
+        st.rerun()  # redraw from the store: the hints above still describe the runs before this one
+
+if not plan.stored:
+    st.stop()  # the hint above says to press Run
+
+comparison = comparison_of(str(store.root), tuple(plan.run_ids))
+labels = [html.escape(label) for label in comparison.labels]
+
+st.subheader("Runs")
+st.dataframe(
+    [{"method": r.label, "run": r.run_id, "selected": r.selected, "budget": r.budget, "seconds": r.seconds,
+      "created": r.created, "parameters": ", ".join(f"{k}={v}" for k, v in sorted(r.params.items()))}
+     for r in comparison.runs],
+    hide_index=True,
+)
+notes = [f"{r.label}: {note}" for r in comparison.runs for note in r.notes]
+if notes:
+    st.caption("Notes of the runs (under-filled budgets, clipping, what each method decided):")
+    st.text("\n".join(notes))
+
+if len(comparison.runs) < 2:
+    st.info("Pick or run at least two methods to see their overlap and the rows only one of them picked.")
+else:
+    st.subheader("Overlap (Jaccard)")
+    st.caption("|A ∩ B| / |A ∪ B| of the selected row sets; the number in brackets is |A ∩ B|.")
+    heatmap = go.Figure(go.Heatmap(
+        z=comparison.jaccard.tolist(), x=labels, y=labels, zmin=0.0, zmax=1.0, colorscale="Blues",
+        customdata=comparison.intersections.tolist(),
+        text=[[f"{j:.2f} ({n})" for j, n in zip(jr, nr)]
+              for jr, nr in zip(comparison.jaccard.tolist(), comparison.intersections.tolist())],
+        texttemplate="%{text}",
+        hovertemplate="%{y} vs %{x}<br>Jaccard %{z:.3f}<br>%{customdata} rows in common<extra></extra>",
+    ))
+    heatmap.update_layout(height=120 + 45 * len(labels), margin=dict(l=10, r=10, t=10, b=10),
+                          yaxis=dict(autorange="reversed"))
+    st.plotly_chart(heatmap, key="compare-jaccard")
+
+st.subheader("Source composition")
+pool_total = int(comparison.pool_composition.sum())
+bars = go.Figure()
+totals = comparison.composition.sum(axis=1)
+for column, source in enumerate(comparison.sources):
+    counts = [int(comparison.pool_composition[column])] + comparison.composition[:, column].tolist()
+    shares = [100.0 * c / t if t else 0.0 for c, t in zip(counts, [pool_total, *totals.tolist()])]
+    name = html.escape(source)
+    bars.add_trace(go.Bar(
+        name=name, x=["pool", *labels], y=shares, customdata=counts,
+        hovertemplate=f"{name}<br>%{{x}}: %{{customdata}} rows (%{{y:.1f}}%)<extra></extra>",
+    ))
+bars.update_layout(barmode="stack", yaxis_title="% of the rows", height=380, margin=dict(l=10, r=10, t=10, b=10))
+st.plotly_chart(bars, key="compare-composition")
+
+if comparison.unique_counts:
+    st.subheader("Rows only one method picked")
+    st.caption(" · ".join(f"{label}: {n}" for label, n in comparison.unique_counts.items())
+               + f" (at most the first {UNIQUE_ROWS_LISTED} of each are listed, in selection order)")
+    if comparison.unique_rows:
+        st.dataframe(
+            [{"method": u.label, "rank": u.rank + 1, "id": u.row_id, "source": u.source, "score": u.score,
+              "text": u.text} for u in comparison.unique_rows],
+            hide_index=True,
+        )
+    else:
+        st.info("Every selected row was picked by at least two methods.")
