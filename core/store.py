@@ -136,6 +136,15 @@ class StoredRow:
     group: str | None
 
 
+_ROW_COLUMNS = "ordinal, row_id, content_hash, messages, format, source, file, line, grp"
+
+
+def _stored_row(record: tuple) -> StoredRow:
+    """A row read with ``SELECT _ROW_COLUMNS`` (messages are stored as JSON text)."""
+    ordinal, row_id, content_hash, messages, *rest = record
+    return StoredRow(ordinal, row_id, content_hash, json.loads(messages), *rest)
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
@@ -298,7 +307,7 @@ class Store:
 
     def rows(self, project: str, role: str, limit: int | None = None) -> list[StoredRow]:
         sql = (
-            "SELECT ordinal, row_id, content_hash, messages, format, source, file, line, grp FROM rows "
+            "SELECT " + _ROW_COLUMNS + " FROM rows "
             "WHERE project = ? AND role = ? ORDER BY ordinal"
         )
         params: list = [project, role]
@@ -307,7 +316,7 @@ class Store:
             params.append(int(limit))
         with self._connect() as con:
             result = con.execute(sql, params).fetchall()
-        return [StoredRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in result]
+        return [_stored_row(r) for r in result]
 
     def row_counts(self, project: str) -> dict[str, int]:
         with self._connect() as con:
@@ -527,10 +536,10 @@ class Store:
         with self._connect() as con:
             con.register("wanted_ids", pa.table({"row_id": pa.array(list(row_ids), pa.string())}))
             result = con.execute(
-                "SELECT ordinal, row_id, content_hash, messages, format, source, file, line, grp FROM rows "
+                "SELECT " + _ROW_COLUMNS + " FROM rows "
                 "WHERE project = ? AND role = ? AND row_id IN (SELECT row_id FROM wanted_ids) ORDER BY ordinal",
                 [project, role]).fetchall()
-        return [StoredRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in result]
+        return [_stored_row(r) for r in result]
 
     def row_sources(self, project: str, role: str, row_ids: Sequence[str]) -> dict[str, str]:
         """row id -> source for these ids (no message parsing, so cheap for thousands of selected rows)."""
@@ -614,9 +623,9 @@ class Store:
         """One row by its position in the role (``ordinal``), without reading the others."""
         with self._connect() as con:
             r = con.execute(
-                "SELECT ordinal, row_id, content_hash, messages, format, source, file, line, grp FROM rows "
+                "SELECT " + _ROW_COLUMNS + " FROM rows "
                 "WHERE project = ? AND role = ? AND ordinal = ?", [project, role, int(ordinal)]).fetchone()
-        return StoredRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) if r else None
+        return _stored_row(r) if r else None
 
     def ingested_files(self, project: str) -> list[dict]:
         """The files behind the project's current rows (role, file, format, rows, errors, ingested), without
@@ -860,10 +869,10 @@ class Store:
             if wanted:
                 con.register("walk_row_ids", pa.table({"row_id": pa.array(wanted, pa.string())}))
                 rows = con.execute(
-                    "SELECT ordinal, row_id, content_hash, messages, format, source, file, line, grp FROM rows "
+                    "SELECT " + _ROW_COLUMNS + " FROM rows "
                     "WHERE project = ? AND role = 'pool' AND row_id IN (SELECT row_id FROM walk_row_ids)",
                     [project]).fetchall()
-        return events, [StoredRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
+        return events, [_stored_row(r) for r in rows]
 
 
 def stage_rows_parquet(path: Path, rows: Iterable[dict], batch_rows: int = 5000) -> int:

@@ -3,14 +3,11 @@ composition of each selection, the rows only one method picked, and each run's n
 ``core.compare``: stored runs are reused, and only the methods without one run, on the Run button."""
 from __future__ import annotations
 
-import html
-
-import plotly.graph_objects as go
 import streamlit as st
 
 from app import session
 from core.compare import (COMPARE_METHODS, METHOD_TITLES, UNIQUE_ROWS_LISTED, Comparison, compare_runs,
-                          plan_comparison, run_missing)
+                          composition_figure, jaccard_figure, plan_comparison, run_missing)
 
 store, project = session.store(), session.project()
 st.title("Compare methods")
@@ -81,7 +78,6 @@ if not plan.stored:
     st.stop()  # the hint above says to press Run
 
 comparison = comparison_of(str(store.root), tuple(plan.run_ids))
-labels = [html.escape(label) for label in comparison.labels]
 
 st.subheader("Runs")
 st.dataframe(
@@ -100,32 +96,10 @@ if len(comparison.runs) < 2:
 else:
     st.subheader("Overlap (Jaccard)")
     st.caption("|A ∩ B| / |A ∪ B| of the selected row sets; the number in brackets is |A ∩ B|.")
-    heatmap = go.Figure(go.Heatmap(
-        z=comparison.jaccard.tolist(), x=labels, y=labels, zmin=0.0, zmax=1.0, colorscale="Blues",
-        customdata=comparison.intersections.tolist(),
-        text=[[f"{j:.2f} ({n})" for j, n in zip(jr, nr)]
-              for jr, nr in zip(comparison.jaccard.tolist(), comparison.intersections.tolist())],
-        texttemplate="%{text}",
-        hovertemplate="%{y} vs %{x}<br>Jaccard %{z:.3f}<br>%{customdata} rows in common<extra></extra>",
-    ))
-    heatmap.update_layout(height=120 + 45 * len(labels), margin=dict(l=10, r=10, t=10, b=10),
-                          yaxis=dict(autorange="reversed"))
-    st.plotly_chart(heatmap, key="compare-jaccard")
+    st.plotly_chart(jaccard_figure(comparison), key="compare-jaccard")
 
 st.subheader("Source composition")
-pool_total = int(comparison.pool_composition.sum())
-bars = go.Figure()
-totals = comparison.composition.sum(axis=1)
-for column, source in enumerate(comparison.sources):
-    counts = [int(comparison.pool_composition[column])] + comparison.composition[:, column].tolist()
-    shares = [100.0 * c / t if t else 0.0 for c, t in zip(counts, [pool_total, *totals.tolist()])]
-    name = html.escape(source)
-    bars.add_trace(go.Bar(
-        name=name, x=["pool", *labels], y=shares, customdata=counts,
-        hovertemplate=f"{name}<br>%{{x}}: %{{customdata}} rows (%{{y:.1f}}%)<extra></extra>",
-    ))
-bars.update_layout(barmode="stack", yaxis_title="% of the rows", height=380, margin=dict(l=10, r=10, t=10, b=10))
-st.plotly_chart(bars, key="compare-composition")
+st.plotly_chart(composition_figure(comparison), key="compare-composition")
 
 if comparison.unique_counts:
     st.subheader("Rows only one method picked")
