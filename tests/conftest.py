@@ -146,3 +146,53 @@ def explore_project(explore_cache_template, tmp_path, monkeypatch) -> tuple[Path
     shutil.copytree(explore_cache_template, root, ignore=shutil.ignore_patterns("*.lock"))
     monkeypatch.setenv("G2IS_CACHE_DIR", str(root))
     return root, EXPLORE_PROJECT
+
+
+# ------------------------------------------------------------------------------------------ reliability report
+# Tests marked ``@pytest.mark.reliability(area, case)`` are the cases of docs/RELIABILITY.md.  Each may say what
+# it observed through the ``observed`` fixture; the outcome and that text are written to
+# test-artifacts/reliability.json at the end of the session, and ``python scripts/reliability_report.py``
+# renders the document from it, so the report is the tests' own result, not prose written by hand.
+RELIABILITY_RESULTS = REPO / "test-artifacts" / "reliability.json"
+_reliability_records: dict[str, dict] = {}
+
+
+@pytest.fixture()
+def observed(request) -> list[str]:
+    """Append one line per thing the test saw happen (e.g. the message the user got)."""
+    lines: list[str] = []
+    request.node._reliability_observed = lines
+    return lines
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    marker = item.get_closest_marker("reliability")
+    if marker is None:
+        return
+    report = outcome.get_result()
+    if report.when == "call" or (report.when == "setup" and (report.failed or report.skipped)):
+        area, case = marker.args
+        skip_reason = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            skip_reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        _reliability_records[item.nodeid] = {
+            "area": area, "case": case, "test": item.nodeid, "outcome": report.outcome,
+            "observed": list(getattr(item, "_reliability_observed", [])), "skip_reason": skip_reason,
+            "seconds": round(report.duration, 2),
+        }
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _reliability_records:
+        return
+    previous = {}
+    if RELIABILITY_RESULTS.exists():  # a partial run updates its own cases and keeps the others
+        try:
+            previous = {r["test"]: r for r in json.loads(RELIABILITY_RESULTS.read_text())}
+        except (ValueError, KeyError, TypeError):
+            previous = {}
+    previous.update(_reliability_records)
+    RELIABILITY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RELIABILITY_RESULTS.write_text(json.dumps(sorted(previous.values(), key=lambda r: (r["area"], r["test"])), indent=1))
