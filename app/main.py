@@ -16,6 +16,8 @@ if str(REPO) not in sys.path:  # `streamlit run app/main.py` puts app/ on the pa
 import streamlit as st  # noqa: E402
 
 from app import session  # noqa: E402
+from core.data_view import markdown_code, markdown_text  # noqa: E402
+from core.store import StoreError  # noqa: E402
 
 st.set_page_config(page_title="G2IS Explorer", page_icon=":material/hub:", layout="wide")
 
@@ -35,9 +37,12 @@ PAGES = [
     for file, title, icon in PAGE_SPECS if (REPO / "pages" / file).exists()
 ]
 
-project = session.open_project()
-with st.sidebar:
-    st.markdown("**G2IS Explorer**")
-    st.caption(f"project `{project}` · cache `{session.store().root}`")
-navigation = st.navigation(PAGES)
-navigation.run()
+try:
+    project = session.open_project()
+    with st.sidebar:
+        st.markdown("**G2IS Explorer**")
+        st.caption(f"project {markdown_code(project)} · cache {markdown_code(session.store().root)}")
+    navigation = st.navigation(PAGES)
+    navigation.run()
+except StoreError as error:  # the cache went bad under a running app (damaged file, full disk): a message
+    st.error(f"The cache cannot be used: {markdown_text(error)}")

@@ -12,6 +12,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from core.config import cache_dir
+from core.data_view import markdown_text
 from core.demo import DEMO_PROJECT
 from core.projects import create_demo_project
 from core.maps import layout_info, load_layout
@@ -30,7 +31,7 @@ def store() -> Store:
     try:
         return _store_for(str(cache_dir()))
     except StoreError as error:
-        st.error(f"The cache cannot be used: {error}")
+        st.error(f"The cache cannot be used: {markdown_text(error)}")
         st.stop()
 
 
@@ -42,8 +43,9 @@ def open_project() -> str:
         with st.spinner("Creating the demo project..."):
             create_demo_project(current)
     if wanted not in current.projects():
-        st.error(f"There is no project {wanted!r} in {current.root}. "
-                 f"Projects: {', '.join(current.projects()) or 'none'}. Opening the demo project instead.")
+        # The name comes from the URL, i.e. from whoever sent the link: shown as text, never as Markdown.
+        st.error(f"There is no project {markdown_text(repr(wanted))} in {markdown_text(current.root)}. "
+                 f"Projects: {markdown_text(', '.join(current.projects()) or 'none')}. Opening the demo project instead.")
         wanted = DEMO_PROJECT
         if DEMO_PROJECT not in current.projects():
             create_demo_project(current)
@@ -95,10 +97,10 @@ def features_or_stop(project: str, needed_for: str) -> FeatureIndex:
     try:
         return current_feature_index(project)
     except FeaturesMissing as error:
-        st.warning(f"{needed_for} needs the gradient features. {error}")
+        st.warning(f"{needed_for} needs the gradient features. {markdown_text(error)}")
         page_link("features.py", "Compute the features on the Features page", ":material/memory:")
     except (ModelError, ValueError, OSError) as error:
-        st.error(f"The project's features cannot be read: {error}")
+        st.error(f"The project's features cannot be read: {markdown_text(error)}")
     st.stop()
 
 

@@ -30,6 +30,27 @@ def cache_dir() -> Path:
     return root.expanduser().resolve()
 
 
+# The largest file the Data page takes, in MB (2**20 bytes).  Streamlit refuses larger files itself, before the app
+# sees them, at ``server.maxUploadSize`` in .streamlit/config.toml: keep the two equal (a test checks the defaults).
+DEFAULT_MAX_UPLOAD_MB = 500
+MEGABYTE = 1 << 20
+
+
+def max_upload_mb() -> float:
+    """The upload limit per file in MB: ``$G2IS_MAX_UPLOAD_MB`` or ``DEFAULT_MAX_UPLOAD_MB``; ValueError if the
+    variable is not a positive number.  Larger files are ingested with the CLI, which streams files of any size."""
+    text = os.environ.get("G2IS_MAX_UPLOAD_MB", "").strip()
+    if not text:
+        return float(DEFAULT_MAX_UPLOAD_MB)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"G2IS_MAX_UPLOAD_MB must be a positive number of megabytes, not {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class LoraArguments:
     """peft LoRA adapter. LESS uses r=128, alpha=512 on q,k,v,o: ``LoraArguments(128, 512, ("q_proj","k_proj","v_proj","o_proj"))``."""

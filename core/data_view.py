@@ -6,6 +6,8 @@
   ``core.ingest.ingest_files(on_error="skip")``, which *replaces* the role's rows, so ingesting the same files
   twice leaves the same rows.  When nothing usable comes out (a file that is not JSON, every row bad) the role's
   rows are left as they were and the outcome says which file, which line and what is wrong.
+  A file over the upload limit (``core.config.max_upload_mb``, ``$G2IS_MAX_UPLOAD_MB``) is refused before anything
+  is saved, with a message saying how to get it in (split it, raise the limit, or use the streaming CLI).
 * Overview: row counts, source counts and length histograms (characters and whitespace words, measured in SQL
   by ``Store.row_lengths`` and binned here, so the browser gets 40 bars, not 50,000 values), with their plotly
   figures.  User text on an axis or in a hover is ``html.escape``d (plotly renders a subset of HTML).
@@ -25,17 +27,33 @@ from typing import Sequence
 
 import numpy as np
 
-from core.config import stable_hash
+from core.config import MEGABYTE, max_upload_mb, stable_hash
 from core.formats import BadRowsError, FormatError, RowError
 from core.store import ROLES, StoredRow, Store, StoreBusyError, StoreError
 
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+# Characters Markdown, GFM or Streamlit interpret anywhere in a line: emphasis, code, links and images, raw HTML and
+# entities, strike-through, tables, ``$`` maths and ``:red[...]`` / ``:material/icon:`` / emoji directives.
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()!|<>~$:&])")
+# ... and those that only mean something at the start of a line: headings, lists, block quotes, setext rules.
+_MARKDOWN_LINE_STARTS = re.compile(r"^([ \t]*)([#+=-]|\d+(?=[.)]))", re.MULTILINE)
 
 
 def markdown_text(text: str) -> str:
     """``text`` shown literally by ``st.markdown`` / ``st.error`` & co.: every character Markdown (or Streamlit's
-    ``$`` maths and ``:color[...]`` directives) would interpret is backslash-escaped, as CommonMark allows."""
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
+    ``$`` maths and ``:color[...]`` directives) would interpret is backslash-escaped, as CommonMark allows.
+    Hyphens, dots and digits are escaped only at the start of a line, so ordinary words stay readable."""
+    escaped = _MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
+    return _MARKDOWN_LINE_STARTS.sub(lambda m: m.group(1) + (m.group(2) + "\\" if m.group(2)[0].isdigit()
+                                                                 else "\\" + m.group(2)), escaped)
+
+
+def markdown_code(text: str) -> str:
+    """``text`` as an inline code span, which Markdown shows literally; the fence is one backtick longer than any
+    run of backticks in the text (CommonMark), so nothing in it can close the span early."""
+    text = " ".join(str(text).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 # ------------------------------------------------------------------------------------------------ projects
@@ -182,6 +200,28 @@ def _user_names(text: str, names: dict[str, str]) -> str:
     return text
 
 
+def _size_text(size: int) -> str:
+    return f"{size / MEGABYTE:,.1f} MB" if size >= MEGABYTE else f"{max(size / 1024, 1):,.0f} KB"
+
+
+def upload_size_error(files: Sequence[tuple[str, bytes]], role: str = "pool", rows_before: int = 0) -> str | None:
+    """Why the upload is refused for its size (any file over ``max_upload_mb()``), or None.
+
+    Checked before anything is saved: a file over the limit is neither kept nor ingested."""
+    try:
+        limit = max_upload_mb()
+    except ValueError as error:
+        return f"{error}. Nothing was ingested: the project's {rows_before} {role} row(s) are unchanged."
+    big = [(name, len(data)) for name, data in files if len(data) > limit * MEGABYTE]
+    if not big:
+        return None
+    listed = ", ".join(f"{name} ({_size_text(size)})" for name, size in big)
+    return (f"{listed}: over the upload limit of {limit:g} MB per file. Nothing was ingested: the project's "
+            f"{rows_before} {role} row(s) are unchanged. Split the file, raise the limit (G2IS_MAX_UPLOAD_MB, and "
+            "server.maxUploadSize in .streamlit/config.toml), or ingest it with the command line, which streams "
+            f"files of any size: python -m core ingest --project <project> --{role} <file>.")
+
+
 def ingest_uploads(
     store: Store,
     project: str,
@@ -202,6 +242,9 @@ def ingest_uploads(
     if wrong:
         return UploadOutcome(project, role, [], rows_before, rows_before,
                              error=f"{', '.join(wrong)}: only .jsonl and .json files can be ingested.")
+    too_big = upload_size_error(files, role, rows_before)
+    if too_big:
+        return UploadOutcome(project, role, [], rows_before, rows_before, error=too_big)
     saved: list[SavedUpload] = []
     skipped: list[FileOutcome] = []
     for name, data in files:

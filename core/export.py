@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+from core.config import stable_hash
 from core.store import Store
 
 EXPORT_FORMATS = ("messages", "alpaca", "sharegpt")
@@ -36,6 +38,24 @@ def to_format(messages: list[dict], fmt: str, row_id: str) -> dict:
     raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
 
 
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def export_name(run_id: str, fmt: str) -> str:
+    """The file name a run's export is kept under in ``cache/exports/``: ``<run id>.<format>.jsonl``.
+
+    Run ids are ``<method>-<hex>``, but the method is whatever was stored, so the id is never trusted as a path:
+    characters outside letters, digits and ``._-`` become ``_``, leading dots go, and an id that had to change
+    gets a hash of the original (distinct runs keep distinct files).  ``../``, an absolute path, a backslash or
+    a NUL byte cannot leave the folder."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    stem = _UNSAFE_NAME_CHARS.sub("_", str(run_id)).lstrip(".")[:100]
+    if stem != run_id:
+        stem = f"{stem or 'run'}-{stable_hash(str(run_id), 8)}"
+    return f"{stem}.{fmt}.jsonl"
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -47,7 +67,11 @@ def export_selection(store: Store, run_id: str, fmt: str = "messages", out: str 
     """Write the run's rows (in selection order) as JSONL, and ``<name>.manifest.json`` beside it.
 
     Returns the manifest, with ``path`` and ``manifest_path``.  Without ``out`` the file goes to
-    ``cache/exports/<run id>.<format>.jsonl``; with it, a copy is still kept there."""
+    ``cache/exports/<run id>.<format>.jsonl`` (see ``export_name``); with it, a copy is still kept there."""
+    exports = store.root / "exports"
+    kept = exports / export_name(run_id, fmt)  # checks the format before anything is read or written
+    if kept.resolve().parent != exports.resolve():
+        raise ValueError(f"the export name {kept.name!r} would leave {exports}")
     run = store.selection_run(run_id)
     if run is None:
         raise ValueError(f"no selection run {run_id!r}")
@@ -67,7 +91,6 @@ def export_selection(store: Store, run_id: str, fmt: str = "messages", out: str 
         "ids": [row_id for _, row_id, _, _ in chosen], "scores": [score for _, _, score, _ in chosen],
         "selected_at": str(run["created"]), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    kept = store.root / "exports" / f"{run_id}.{fmt}.jsonl"
     targets = [kept] if out is None else [Path(out), kept]
     for path in targets:
         _write_atomic(path, text)

@@ -236,6 +236,7 @@ def run_features(
         progress.done = warmup_units
 
     computer = make_gradient_computer(model, pad_id, device)
+    size = BatchSize(settings.batch_size if isinstance(computer, HookGradientComputer) else 1, log)
     projector = make_projector(settings.projection)
     progress.done_at_start, progress.started = progress.done, time.monotonic()
     tokens_started = time.monotonic()
@@ -249,22 +250,38 @@ def run_features(
              "epoch": config.checkpoint.epoch, "projection": asdict(settings.projection)},
         )
         store.remove_orphan_chunks(config.key, job_id)
+        dropped = store.drop_damaged_chunks(config.key)  # planning counted their rows as missing
+        if dropped:
+            log(f"{config.role}: {dropped} rows in damaged or missing chunk files are computed again")
         record = store.checkpoint(config.checkpoint.key)
         moments = Checkpoint(record["key"], record["epoch"], record["step"], record["learning_rate"], record["path"]).load_into(model)
         exp_avg, exp_avg_sq = flat_moments(model, moments) if config.gradient_type == "adam" else (None, None)
         progress.phase = f"{config.role} features ({config.gradient_type}, checkpoint epoch {config.checkpoint.epoch})"
         report(progress)
-        _compute_config(store, config, todo, encoded, computer, projector, exp_avg, exp_avg_sq, settings, job_id, progress, report, should_cancel)
+        _compute_config(store, config, todo, encoded, computer, projector, exp_avg, exp_avg_sq, settings, job_id, progress, report, should_cancel, size)
     if progress.tokens:
         store.record_throughput(plan.device, plan.model_key, progress.tokens / max(1e-9, time.monotonic() - tokens_started))
     refresh_plan(store, plan)
     return plan
 
 
-def _compute_config(store, config, todo, encoded, computer, projector, exp_avg, exp_avg_sq, settings, job_id, progress, report, should_cancel):
-    batch_size = settings.batch_size if isinstance(computer, HookGradientComputer) else 1
+@dataclass
+class BatchSize:
+    """The examples per batched backward: halved for the rest of the job after a CUDA out-of-memory error."""
+
+    value: int
+    log: Callable[[str], None] = print
+
+    def halve(self, failed: int) -> None:
+        smaller = max(1, min(self.value, failed) // 2)
+        if smaller < self.value:
+            self.log(f"out of GPU memory with a batch of {failed}: continuing with batches of {smaller}")
+            self.value = smaller
+
+
+def _compute_config(store, config, todo, encoded, computer, projector, exp_avg, exp_avg_sq, settings, job_id, progress, report, should_cancel, size: BatchSize):
     # On CUDA, similar lengths share a batch (less padding); on CPU the loop keeps the stored order.
-    order = sorted(todo, key=lambda r: encoded[r.content_hash].n_tokens) if batch_size > 1 else todo
+    order = sorted(todo, key=lambda r: encoded[r.content_hash].n_tokens) if size.value > 1 else todo
     features: list[np.ndarray] = []
     entries: list[FeatureRowEntry] = []
     errors: list[tuple[str, str]] = []
@@ -282,7 +299,7 @@ def _compute_config(store, config, todo, encoded, computer, projector, exp_avg, 
     position = 0
     while position < len(order):
         batch = []
-        while position < len(order) and len(batch) < batch_size:
+        while position < len(order) and len(batch) < size.value:
             row = order[position]
             position += 1
             enc = encoded[row.content_hash]
@@ -293,7 +310,7 @@ def _compute_config(store, config, todo, encoded, computer, projector, exp_avg, 
             else:
                 batch.append(row)
         if batch:
-            for row, result in zip(batch, _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings)):
+            for row, result in zip(batch, _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings, size)):
                 progress.done += 1
                 if isinstance(result, str):
                     errors.append((row.content_hash, result))
@@ -309,26 +326,36 @@ def _compute_config(store, config, todo, encoded, computer, projector, exp_avg, 
         flush()
 
 
-def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings) -> list:
-    """Projected features of a batch; an error string in place of a row whose gradient could not be computed."""
+def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings, size: BatchSize | None = None) -> list:
+    """Projected features of a batch; an error string in place of a row whose gradient could not be computed.
+
+    A CUDA out-of-memory error halves ``size`` (for this batch and every later one) and goes on in smaller
+    batches; a single example that still does not fit is recorded as that row's error."""
+    size = size or BatchSize(len(batch))
     rows = [encoded[r.content_hash] for r in batch]
     try:
         grads = computer.gradients(rows)
-    except torch.cuda.OutOfMemoryError:
-        if len(batch) == 1:
-            return ["out of GPU memory even for a single example"]
-        torch.cuda.empty_cache()
-        half = len(batch) // 2
-        return _features_for(batch[:half], encoded, computer, projector, exp_avg, exp_avg_sq, settings) + _features_for(
-            batch[half:], encoded, computer, projector, exp_avg, exp_avg_sq, settings
-        )
+        if exp_avg is not None:
+            grads = adam_features(grads, exp_avg, exp_avg_sq, eps=settings.adam_eps)
+        projected = projector.project(grads).cpu().numpy()
+    except torch.cuda.OutOfMemoryError:  # (a RuntimeError: caught first) retried below, once the frames are gone
+        projected = None
     except (RuntimeError, ValueError) as error:
         if len(batch) > 1:  # find the culprit row by row rather than failing the whole batch
-            return [r for row in batch for r in _features_for([row], encoded, computer, projector, exp_avg, exp_avg_sq, settings)]
+            return [r for row in batch for r in _features_for([row], encoded, computer, projector, exp_avg, exp_avg_sq, settings, size)]
         return [f"gradient failed: {error}"]
-    if exp_avg is not None:
-        grads = adam_features(grads, exp_avg, exp_avg_sq, eps=settings.adam_eps)
-    projected = projector.project(grads).cpu().numpy()
+    if projected is None:
+        grads = None
+        torch.cuda.empty_cache()  # the failed batch's tensors are free now that the exception is gone
+        if len(batch) == 1:
+            return [f"out of GPU memory even for a single example ({rows[0].n_tokens} tokens): lower --max-tokens"]
+        size.halve(len(batch))
+        out, start = [], 0
+        while start < len(batch):  # size.value may shrink again inside
+            part = batch[start:start + size.value]
+            out += _features_for(part, encoded, computer, projector, exp_avg, exp_avg_sq, settings, size)
+            start += len(part)
+        return out
     out = []
     for vector in projected:
         out.append(vector if np.isfinite(vector).all() else "non-finite gradient (loss overflow)")

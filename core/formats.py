@@ -7,7 +7,18 @@ bad record with its file, line and a precise reason.  Nothing is dropped silentl
 JSONL file (every element of a JSON array) comes out either as a ``Row`` or as a ``RowError``.
 
 Files are streamed: a ``.jsonl`` file is read line by line and a ``.json`` array element by element, so
-memory does not grow with the file (only the id index used to catch duplicates grows, by one entry per row).
+memory does not grow with the file (only the id index used to catch duplicates grows, ~50 bytes a row: see
+``SeenIds``).
+
+What is accepted on purpose (tests/test_fuzz_inputs.py tries each): a UTF-8 byte-order mark at the start of the
+file, CRLF line ends, blank lines (counted, not rows), keys no format uses (ignored), the literals ``NaN`` /
+``Infinity`` and numbers too large for a float (Python writes the first, they only matter in a field we read,
+where they are a wrong type), a key given twice in one object (the last one wins, as in JavaScript and
+Python), and any Unicode text, ``\u0000`` and U+2028 included (kept exactly).  Everything else that is not
+one of the four formats is an error with its file, line and reason: a bad record is a ``RowError`` (left out
+in skip mode), a file that cannot be read at all a ``FormatError``.  Inside a ``.json`` array a syntax error
+ends the reading of that file (the rest is reported as not read), since where the next record starts is
+unknown.
 
 Only the standard library is used; nothing here knows about the store, the model or the app.
 """
@@ -17,6 +28,8 @@ import codecs
 import hashlib
 import json
 import re
+import stat
+from array import array
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _encode_json_string  # the one ensure_ascii=False uses
 from pathlib import Path
@@ -107,6 +120,82 @@ class BadRowsError(ValueError):
         if len(self.errors) > MAX_ERRORS_IN_MESSAGE:
             lines.append(f"... and {len(self.errors) - MAX_ERRORS_IN_MESSAGE} more")
         super().__init__("\n".join(lines))
+
+
+class SeenIds:
+    """The duplicate index: row_id -> (file, line) of the row that first had it, in ~50 bytes per id.
+
+    It is the one thing that grows with the file while reading.  A dict of str -> (file, line) costs ~175 bytes
+    a row (175 MB for 1,000,000 rows); this keeps a 128-bit BLAKE2b digest of each id and a packed (file number,
+    line) in open-addressing arrays kept at most 2/3 full (48 MB for 1,000,000 rows).  Two different ids share a
+    digest with probability ~n^2 / 2^129 (1e-27 for a million rows).  It offers what the readers use -- ``get``,
+    ``in``, ``len`` and item assignment -- so a plain dict can be passed instead.
+    """
+
+    def __init__(self) -> None:
+        self._files: list[str] = []
+        self._file_numbers: dict[str, int] = {}
+        self._count = 0
+        self._allocate(1 << 10)
+
+    def _allocate(self, slots: int) -> None:
+        self._his = array("Q", bytes(8 * slots))
+        self._los = array("Q", bytes(8 * slots))  # 0 marks a free slot (a used one has its lowest bit set)
+        self._places = array("Q", bytes(8 * slots))  # file number << 32 | line
+        self._mask = slots - 1
+
+    @staticmethod
+    def _key(row_id: str) -> tuple[int, int]:
+        digest = hashlib.blake2b(row_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little") | 1
+
+    def _slot(self, hi: int, lo: int) -> tuple[int, bool]:
+        his, los, mask = self._his, self._los, self._mask
+        slot = hi & mask
+        while True:
+            found = los[slot]
+            if found == lo and his[slot] == hi:
+                return slot, True
+            if found == 0:
+                return slot, False
+            slot = (slot + 1) & mask
+
+    def get(self, row_id: str, default: Any = None) -> tuple[str, int] | Any:
+        slot, found = self._slot(*self._key(row_id))
+        if not found:
+            return default
+        place = self._places[slot]
+        return self._files[place >> 32], place & 0xFFFFFFFF
+
+    def __contains__(self, row_id: str) -> bool:
+        return self._slot(*self._key(row_id))[1]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __setitem__(self, row_id: str, where: tuple[str, int]) -> None:
+        file, line = where
+        number = self._file_numbers.get(file)
+        if number is None:
+            number = self._file_numbers[file] = len(self._files)
+            self._files.append(file)
+        hi, lo = self._key(row_id)
+        slot, found = self._slot(hi, lo)
+        if not found:
+            if 3 * (self._count + 1) > 2 * len(self._los):
+                self._grow()
+                slot, _ = self._slot(hi, lo)
+            self._his[slot], self._los[slot] = hi, lo
+            self._count += 1
+        self._places[slot] = number << 32 | min(max(int(line), 0), 0xFFFFFFFF)
+
+    def _grow(self) -> None:
+        his, los, places = self._his, self._los, self._places
+        self._allocate(2 * len(los))
+        for hi, lo, place in zip(his, los, places):
+            if lo:
+                slot, _ = self._slot(hi, lo)
+                self._his[slot], self._los[slot], self._places[slot] = hi, lo, place
 
 
 @dataclass
@@ -323,8 +412,12 @@ def _show(value: Any) -> str:
     """A value as it looks in JSON, shortened, for error messages."""
     try:
         shown = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        shown = repr(value)
+        if not _is_valid_unicode(shown):
+            # A lone surrogate ("\ud800" in the file) cannot be written as UTF-8: a message holding it would
+            # break every place that shows or stores it (terminal, DuckDB, the browser), so escape it.
+            shown = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nested almost as deep as JSON allows
+        shown = f"a JSON {_json_type(value)}"
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
@@ -428,10 +521,20 @@ _RawRecord = tuple[int, Any, "str | None"]
 def _open_checked(path: Any, file: str) -> tuple[Path, str]:
     """The path and its kind ("jsonl" or "json"), or FormatError for every whole-file problem we can see."""
     location = Path(path)
-    if location.is_dir():
+    if not _is_valid_unicode(file):  # a name in another encoding: it would end up in messages and the store
+        shown = file.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise FormatError(f"{shown}: the file name is not valid UTF-8; rename the file")
+    try:
+        mode = location.stat().st_mode
+    except FileNotFoundError:
+        raise FormatError(f"{file}: file not found; check the path") from None
+    except (OSError, ValueError) as error:  # a name too long, a NUL byte in the path, no permission...
+        reason = getattr(error, "strerror", None) or str(error)
+        raise FormatError(f"{file}: cannot read the file ({reason}); check the path") from None
+    if stat.S_ISDIR(mode):
         raise FormatError(f"{file}: is a directory, not a file; give a .jsonl or .json file")
-    if not location.exists():
-        raise FormatError(f"{file}: file not found; check the path")
+    if not stat.S_ISREG(mode):  # reading a pipe or a device could block or never end
+        raise FormatError(f"{file}: is not a regular file (a pipe, socket or device); give a .jsonl or .json file")
     suffix = location.suffix.lower()
     if suffix not in (".jsonl", ".json"):
         shown = f"'{location.suffix}'" if location.suffix else "(no extension)"
@@ -452,7 +555,8 @@ def _jsonl_records(handle: BinaryIO, file: str, report: ReadReport) -> Iterator[
             text = raw_line.decode("utf-8")
         except UnicodeDecodeError as error:
             checked_first_line = True
-            yield line_number, None, f"line is not valid UTF-8 (byte offset {error.start + bom_bytes})"
+            cut = "; the file ends inside a character: it was cut off" if error.reason == "unexpected end of data" else ""
+            yield line_number, None, f"line is not valid UTF-8 (byte offset {error.start + bom_bytes}){cut}"
             continue
         # Only JSON whitespace counts as blank; a line of other whitespace is reported as invalid JSON.
         # (The first-character test just skips the strip for the usual line that starts with "{".)
@@ -469,13 +573,76 @@ def _jsonl_records(handle: BinaryIO, file: str, report: ReadReport) -> Iterator[
         try:
             value = json.loads(text)
         except json.JSONDecodeError as error:
-            yield line_number, None, f"invalid JSON: {error.msg} (column {error.colno})"
+            yield (line_number, None,
+                   f"invalid JSON: {_json_error_text(error, text)} (column {error.colno}){_jsonl_hint(text, error)}")
         except RecursionError:
             yield line_number, None, "invalid JSON: nested too deeply"
         except ValueError as error:  # e.g. an integer with more digits than Python converts
-            yield line_number, None, f"invalid JSON: {error}"
+            yield line_number, None, f"invalid JSON: {_value_error_text(error)}"
         else:
             yield line_number, value, None
+
+
+def _json_error_text(error: json.JSONDecodeError, text: str) -> str:
+    """The decoder's message without its dangling "at" (we add the place) or advice meant for programmers."""
+    if text.startswith("\ufeff", error.pos):
+        return "Unexpected UTF-8 BOM: a byte-order mark (U+FEFF) may only start the file; remove this one"
+    return error.msg.removesuffix(" starting at").removesuffix(" at")
+
+
+def _jsonl_hint(text: str, error: json.JSONDecodeError) -> str:
+    """What most likely went wrong on a .jsonl line that is not JSON, as "; ..." (or "")."""
+    if "\x00" in text:
+        return "; the line has NUL bytes: if the file is UTF-16 encoded, save it as UTF-8"
+    body = text.rstrip(JSON_WHITESPACE)
+    if "\r" in body:
+        return "; the line has a bare carriage return (\\r): records must be separated by \\n or \\r\\n line ends"
+    if error.msg == "Extra data":
+        return "; a .jsonl line holds exactly one JSON object: put the next record on its own line"
+    if _ends_inside(error, len(body)):
+        return "; the line ends inside the record: in .jsonl each record must be complete on one line"
+    return ""
+
+
+def _ends_inside(error: json.JSONDecodeError, end: int) -> bool:
+    """Whether the text (``end`` characters without trailing blanks) stops inside a value, not at a wrong character."""
+    if error.pos >= end or error.msg.startswith("Unterminated string"):
+        return True
+    # "\u00" cut off: the error points at the "u" of an escape with the text ending within its 4 hex digits (the
+    # decoder also wants the character after them, so an escape ending the text is reported the same way).
+    return error.msg.startswith("Invalid \\uXXXX escape") and end - error.pos <= 5
+
+
+def _value_error_text(error: ValueError) -> str:
+    # Python's message for a 5000-digit number ends with advice for programmers (sys.set_int_max_str_digits).
+    return str(error).split("; use sys.set_int_max_str_digits", 1)[0]
+
+
+# The first bytes of files that are certainly not UTF-8 JSON, and what to do about each.
+_NOT_JSON_STARTS = (
+    (codecs.BOM_UTF32_LE, "is UTF-32 encoded; save it as UTF-8"),
+    (codecs.BOM_UTF32_BE, "is UTF-32 encoded; save it as UTF-8"),
+    (codecs.BOM_UTF16_LE, "is UTF-16 encoded; save it as UTF-8"),
+    (codecs.BOM_UTF16_BE, "is UTF-16 encoded; save it as UTF-8"),
+    (b"\x1f\x8b", "is gzip-compressed; decompress it first (gunzip)"),
+    (b"PK\x03\x04", "is a zip archive (or a spreadsheet); extract or export the .jsonl / .json file first"),
+    (b"\x28\xb5\x2f\xfd", "is zstd-compressed; decompress it first (unzstd)"),
+    (b"BZh", "is bzip2-compressed; decompress it first (bunzip2)"),
+    (b"\xfd7zXZ\x00", "is xz-compressed; decompress it first (unxz)"),
+    (b"PAR1", "is a Parquet file; convert it to JSON Lines first"),
+)
+
+
+def _not_json_reason(head: bytes) -> str | None:
+    for start, reason in _NOT_JSON_STARTS:
+        if head.startswith(start):
+            return reason
+    # UTF-16 without a byte-order mark: every other byte of the first characters is NUL ("{\0"\0" or "\0{\0"").
+    if len(head) >= 4:
+        for text, nul in ((head[0::2], head[1::2]), (head[1::2], head[0::2])):
+            if not nul.strip(b"\x00") and all(text[:2]) and text[0] in b"{[ \t\r\n":
+                return "looks UTF-16 encoded (NUL bytes between the characters); save it as UTF-8"
+    return None
 
 
 class _JsonArrayScanner:
@@ -566,8 +733,12 @@ class _JsonArrayScanner:
                 "wrap the records in [ ... ], or if the file has one object per line rename it to .jsonl"
             )
         if first != "[":
+            value = {"n": "null", "t": "true", "f": "false", '"': "a string"}.get(first)
+            value = value or ("a number" if first in "-0123456789" else None)
+            found = f"expected a JSON array of records, found {value}" if value else \
+                f"not JSON: expected a JSON array of records, found {first!r}"
             raise FormatError(
-                f"{self._file}: not JSON: expected a JSON array of records, found {first!r} at line {self._line}; "
+                f"{self._file}: {found} at line {self._line}; "
                 "use a JSON array of objects (.json) or one JSON object per line (.jsonl)"
             )
         self._advance(self._pos + 1)
@@ -621,16 +792,15 @@ class _JsonArrayScanner:
                 bad_bytes = self._bad_bytes_reason(self._pos, min(error.pos + 1, len(self._buffer)))
                 if bad_bytes is not None:
                     return None, bad_bytes + "; the rest of the file was not read", True
-                ran_out = (error.pos >= len(self._buffer.rstrip(JSON_WHITESPACE))
-                           or error.msg.startswith("Unterminated string"))
+                ran_out = _ends_inside(error, len(self._buffer.rstrip(JSON_WHITESPACE)))
                 if ran_out:  # at end of file here, so the record was cut off
                     return None, "truncated JSON: the file ends inside this record", True
-                return None, (f"invalid JSON: {error.msg} (line {self._line_of(error.pos)}); "
+                return None, (f"invalid JSON: {_json_error_text(error, self._buffer)} (line {self._line_of(error.pos)}); "
                               "the rest of the file was not read"), True
             except RecursionError:
                 return None, "invalid JSON: nested too deeply; the rest of the file was not read", True
             except ValueError as error:
-                return None, f"invalid JSON: {error}; the rest of the file was not read", True
+                return None, f"invalid JSON: {_value_error_text(error)}; the rest of the file was not read", True
             if end >= len(self._buffer) and not self._eof:
                 self._fill()  # a bare number could go on in the next chunk
                 continue
@@ -642,7 +812,8 @@ class _JsonArrayScanner:
 class _RowBuilder:
     """Turns decoded records of one file into Rows; holds the file's detected format."""
 
-    def __init__(self, file: str, report: ReadReport, seen: dict[str, tuple[str, int]], group_field: str | None):
+    def __init__(self, file: str, report: ReadReport, seen: "SeenIds | dict[str, tuple[str, int]]",
+                 group_field: str | None):
         self.file = file
         self.file_stem = Path(file).stem
         self.report = report
@@ -681,7 +852,8 @@ class _RowBuilder:
         first = self.seen.get(row_id)
         if first is not None:
             if explicit_id is not None:
-                raise RowProblem(f"duplicate id {explicit_id!r} (first seen at {first[0]}:{first[1]})")
+                shown = repr(explicit_id) if len(explicit_id) <= 60 else repr(explicit_id[:57]) + "..."
+                raise RowProblem(f"duplicate id {shown} (first seen at {first[0]}:{first[1]})")
             raise RowProblem(f"duplicate row: same content as {first[0]}:{first[1]}")
         self.seen[row_id] = (self.file, line)
         return Row(row_id=row_id, content_hash=content_hash, messages=tuple(messages), format=fmt,
@@ -693,7 +865,7 @@ def iter_rows(
     *,
     report: ReadReport | None = None,
     on_error: str = "fail",
-    seen: dict[str, tuple[str, int]] | None = None,
+    seen: "SeenIds | dict[str, tuple[str, int]] | None" = None,
     group_field: str | None = None,
 ) -> Iterator[Row]:
     """Stream the good rows of one ``.jsonl`` / ``.json`` file.
@@ -704,16 +876,16 @@ def iter_rows(
     ``on_error="skip"`` bad rows are only recorded.  Whole-file problems raise ``FormatError`` (this is a
     generator, so on the first ``next()``).
 
-    ``seen`` maps row_id -> (file, line); pass the same dict for several files to catch duplicates across
-    them.  Rows are entered as they are yielded, also in fail mode.  ``group_field`` is a dotted path
-    ("meta.subject") to the row's group; without it the first of AUTO_GROUP_FIELDS, at top level and then
-    inside "meta", is used.
+    ``seen`` maps row_id -> (file, line) (a ``SeenIds``, or a dict); pass the same one for several files to
+    catch duplicates across them.  Rows are entered as they are yielded, also in fail mode.  ``group_field``
+    is a dotted path ("meta.subject") to the row's group; without it the first of AUTO_GROUP_FIELDS, at top
+    level and then inside "meta", is used.
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
     file = str(path)
     report = report if report is not None else ReadReport(file=file, format=None)
-    seen = seen if seen is not None else {}
+    seen = seen if seen is not None else SeenIds()
     errors_before = len(report.errors)
     location, kind = _open_checked(path, file)
     builder = _RowBuilder(file, report, seen, group_field)
@@ -727,6 +899,9 @@ def iter_rows(
     except OSError as error:
         raise FormatError(f"{file}: cannot open the file ({error.strerror}); check its permissions") from error
     with handle:
+        not_json = _not_json_reason(handle.peek(8)[:8])
+        if not_json is not None:
+            raise FormatError(f"{file}: the file {not_json}")
         source = _jsonl_records(handle, file, report) if kind == "jsonl" else _JsonArrayScanner(handle, file).records()
         for line, record, problem in source:
             records_read += 1
@@ -782,7 +957,7 @@ def read_rows(
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
     if isinstance(paths, (str, Path)):  # one path given on its own, not a list of its characters
         paths = [paths]
-    seen: dict[str, tuple[str, int]] = {}
+    seen = SeenIds()
     rows: list[Row] = []
     reports: list[ReadReport] = []
     for path in paths:

@@ -5,12 +5,11 @@ Role in the app: the Graph page's logic.  The kNN graph itself (``core.graph``) 
 (``stored_graph``: no feature matrix), cuts out a subgraph of at most ``MAX_NODES`` nodes, places the nodes at
 their gradient-map positions (``core.maps``; a spring layout when no map is stored yet), and renders it as a
 self-contained vis-network page with physics off -- similarity edges solid, conflict (negative-cosine) edges red
-and dashed, user text escaped in titles and labels.  ``graph_summary`` adds networkx statistics of the same
-subgraph.  Targets are not nodes: the graph is over the pool only.
+and dashed, user text shown as text in titles and labels (never as HTML).  ``graph_summary`` adds networkx
+statistics of the same subgraph.  Targets are not nodes: the graph is over the pool only.
 """
 from __future__ import annotations
 
-import html
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -177,10 +176,22 @@ def subgraph_view(store: Store, project: str, index: FeatureIndex, graph: Gradie
     return GraphView(nodes, subgraph, ids, sources, previews, positions, centre, capped, notes, colors)
 
 
+class PlainText(str):
+    """A node title that vis-network shows as text: a string title goes into its tooltip through ``innerText``
+    (and labels are drawn on the canvas), so user text is passed as it is (escaping it would show ``&lt;`` on
+    screen).  The one HTML path is pyvis's own popup (``popup.innerHTML = title``), which it switches
+    on for *every* node when any title contains "href"; this type answers no to that one question, so the popup
+    never exists.  In the page the text is JSON in an inline script, which Jinja's ``tojson`` writes with ``<``,
+    ``>``, ``&`` and ``'`` as ``\\u`` escapes: a ``</script>`` in the data cannot end the script."""
+
+    def __contains__(self, part: object) -> bool:
+        return part != "href" and str.__contains__(self, part)
+
+
 def node_title(row_id: str, source: str, preview: str, degree: int) -> str:
-    """Hover text of a node, escaped: pyvis titles can be rendered as HTML (its link template uses innerHTML)."""
+    """Hover text of a node, as plain text (see ``PlainText``)."""
     body = " ".join(preview.split())
-    return html.escape(f"{row_id} · {source or 'no source'} · degree {degree}\n{body}")
+    return PlainText(f"{row_id} · {source or 'no source'} · degree {degree}\n{body}")
 
 
 def network_html(view: GraphView, height: int = 650) -> str:
@@ -197,7 +208,7 @@ def network_html(view: GraphView, height: int = 650) -> str:
         x, y = view.positions.get(node, (0.0, 0.0))
         is_centre = node == view.centre
         network.add_node(
-            int(node), label=html.escape(view.row_ids[node]) if (is_centre or len(view.nodes) <= 60) else " ",
+            int(node), label=view.row_ids[node] if (is_centre or len(view.nodes) <= 60) else " ",
             title=node_title(view.row_ids[node], view.sources[node], view.previews[node], degrees.get(node, 0)),
             color=CENTRE_COLOR if is_centre else colors.get(view.sources[node], "#97c2fc"),
             x=x, y=y, size=16 if is_centre else 8, physics=False, shape="dot",
@@ -207,6 +218,8 @@ def network_html(view: GraphView, height: int = 650) -> str:
         network.add_edge(int(a), int(b), title=f"{data['kind']}: cosine {data['weight']:.3f}",
                          width=1.0 + 2.0 * abs(float(data["weight"])), arrows={"to": {"enabled": False}},
                          color=style["color"], dashes=style["dashes"], smooth=False, physics=False)
+    for node in network.nodes:  # every title plain text, so pyvis never turns on its innerHTML popup
+        node["title"] = PlainText(node.get("title") or "")
     return network.generate_html()
 
 

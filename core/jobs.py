@@ -12,18 +12,19 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from typing import TYPE_CHECKING
 
 from core.config import FeatureSettings
-from core.store import Job, Store, now
+from core.store import Job, Store, StoreError, cache_problem, now
 
 if TYPE_CHECKING:
     from core.estimate import CostEstimate
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 ACTIVE = ("queued", "running", "cancelling")
 QUEUED_GRACE_S = 60.0  # a worker has this long to take its lock after being spawned
+LOW_DISK_BYTES = 16 * 2**20  # an interrupted job on a disk with less free space names it as the likely cause
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,22 @@ def view(store: Store, job: Job) -> JobView:
     if job.status in ACTIVE and not alive:
         waiting = job.status == "queued" and (now() - (job.updated or job.created)).total_seconds() < QUEUED_GRACE_S
         status = "queued" if waiting else "interrupted"
+        if status == "interrupted" and not job.message:
+            job = replace(job, message=interrupted_message(store))
     return JobView(job, status, alive)
+
+
+def interrupted_message(store: Store) -> str:
+    """Why a job whose worker is gone may have stopped, and what to do (the worker could not say itself)."""
+    text = ("the worker stopped without finishing (killed, or the machine or app restarted): resume to continue "
+            "from the last finished chunk")
+    try:
+        free = shutil.disk_usage(store.root).free
+    except OSError:
+        return text
+    if free < LOW_DISK_BYTES:
+        text += f"; the cache disk has only {free / 2**20:.1f} MiB free, free some space first"
+    return text
 
 
 def job_view(store: Store, job_id: str) -> JobView | None:
@@ -203,6 +220,27 @@ def _hold_lock(store: Store, job_id: str):
         handle.close()
 
 
+def _log_line(text: str, stream=None) -> None:
+    """Print to the job's log; a log that cannot be written (a full disk) must not stop the job."""
+    try:
+        print(text, file=stream or sys.stdout, flush=True)
+    except OSError:
+        pass
+
+
+def failure_message(store: Store, error: BaseException) -> str:
+    """What a failed job tells the user: the message of our own errors, the disk's problem in plain words."""
+    from core.modeling import ModelError
+
+    if isinstance(error, (StoreError, ModelError)):
+        return str(error)
+    if isinstance(error, OSError):
+        problem = cache_problem(store.root, error.filename or store.root, error)
+        if problem:
+            return problem
+    return f"{type(error).__name__}: {error}"
+
+
 def run_job(store: Store, job_id: str) -> int:
     """Body of a worker process (or of an inline run): executes the job and records how it ended."""
     from core.featurize import Cancelled, run_features
@@ -226,14 +264,17 @@ def run_job(store: Store, job_id: str) -> int:
         try:
             plan = run_features(
                 store, job.project, settings, job.params.get("limit"), job_id=job_id,
-                should_cancel=should_cancel, report=report, log=lambda text: print(text, flush=True),
+                should_cancel=should_cancel, report=report, log=_log_line,
             )
         except Cancelled:
             store.update_job(job_id, status="cancelled", finished=now(), message="cancelled by the user; resume to continue")
             return 0
         except Exception as error:  # the job fails; the message and the log say why
-            traceback.print_exc()
-            store.update_job(job_id, status="failed", finished=now(), message=f"{type(error).__name__}: {error}")
+            _log_line(traceback.format_exc(), sys.stderr)
+            try:
+                store.update_job(job_id, status="failed", finished=now(), message=failure_message(store, error))
+            except StoreError as second:  # e.g. the disk is still full: the view reports the job interrupted
+                _log_line(f"could not record the failure: {second}", sys.stderr)
             return 1
         missing = plan.rows_to_compute
         store.update_job(

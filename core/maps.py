@@ -314,7 +314,7 @@ def scatter_figure(points: MapPoints, colouring: Colouring, title: str = "", dra
                         line=dict(width=0.5, color="#333") if is_target else dict(width=0)),
         ))
     figure.update_layout(title=title, height=520, margin=dict(l=10, r=10, t=40, b=10), dragmode="lasso",
-                         legend=dict(title=colouring.title, itemsizing="constant"))
+                         legend=dict(title=html.escape(colouring.title), itemsizing="constant"))
     figure.update_xaxes(showticklabels=False, title=None)
     figure.update_yaxes(showticklabels=False, title=None)
     return figure

@@ -77,6 +77,11 @@ def resolve_model(spec: str | None = None) -> ResolvedModel:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)")
+        try:
+            json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ModelError(f"{path / 'config.json'} cannot be read as JSON ({error}): the model folder is damaged; "
+                             "download or save the model again, or choose another model") from error
         return ResolvedModel(spec, "local", str(path.resolve()), str(path.resolve()))
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return ResolvedModel(spec, "hub", spec, spec)
@@ -158,14 +163,51 @@ def ensure_converted(resolved: ResolvedModel, log=print) -> None:
         staging.rename(target)
 
 
+def _remote_code_error(resolved: ResolvedModel, why: str) -> ModelError:
+    return ModelError(f"model {resolved.spec!r} {why}. G2IS Explorer never runs code that comes with a model "
+                      "(trust_remote_code stays off) and never unpickles weights: choose a model whose architecture "
+                      "transformers has built in (model_type llama, qwen2, mistral, ...) with safetensors weights, or "
+                      "save this one that way first")
+
+
+def refuse_remote_code(resolved: ResolvedModel) -> None:
+    """Refuse a local model folder that could only be used by running its own Python code or unpickling weights.
+
+    A config.json whose ``auto_map`` points at Python files in the folder is fine when transformers has its
+    ``model_type`` built in (that class is used; the folder's code is never imported); otherwise only the folder's
+    code could build it, so it is refused here with a message rather than by transformers' "pass
+    trust_remote_code=True".  Weights must be safetensors: ``pytorch_model.bin`` files are pickles."""
+    folder = Path(resolved.load_path)
+    if resolved.kind == "hub" or not (folder / "config.json").is_file():
+        return  # hub ids: transformers' refusal is turned into the same message by load_model / load_tokenizer
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return  # resolve_model and from_pretrained report a damaged config.json
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if isinstance(config, dict) and config.get("auto_map") and model_type not in CONFIG_MAPPING:
+        raise _remote_code_error(resolved, f"needs the Python code in its folder {folder}: config.json maps "
+                                           f"{', '.join(sorted(config['auto_map']))} to it (auto_map), and its "
+                                           f"model_type {model_type!r} is not one transformers has built in")
+    if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise _remote_code_error(resolved, f"has only PyTorch .bin weights (pickles) in {folder}, no *.safetensors")
+
+
 def load_tokenizer(resolved: ResolvedModel):
     from transformers import AutoTokenizer
 
     ensure_converted(resolved)
+    refuse_remote_code(resolved)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.load_path, trust_remote_code=False)
     except Exception as error:
-        raise ModelError(f"could not load the tokenizer of {resolved.spec!r}: {error}") from error
+        if "trust_remote_code" in str(error):
+            raise _remote_code_error(resolved, "needs the Python code that comes with its tokenizer") from error
+        raise ModelError(f"could not load the tokenizer of {resolved.spec!r} from {resolved.load_path}: {_one_line(error)}; "
+                         "the model folder needs a complete fast tokenizer (tokenizer.json and tokenizer_config.json): "
+                         "copy them from the original model, or choose another model") from error
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
             f"the tokenizer of {resolved.spec!r} has no chat template, so rows cannot be rendered as chats: "
@@ -182,10 +224,16 @@ def load_model(resolved: ResolvedModel, device: torch.device | str = "cpu"):
     from transformers import AutoModelForCausalLM
 
     ensure_converted(resolved)
+    refuse_remote_code(resolved)
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.load_path, dtype=torch.float32, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(resolved.load_path, dtype=torch.float32, trust_remote_code=False,
+                                                     use_safetensors=True)
     except Exception as error:
-        raise ModelError(f"could not load model {resolved.spec!r} from {resolved.load_path}: {error}") from error
+        if "trust_remote_code" in str(error):
+            raise _remote_code_error(resolved, "needs the Python code that comes with it") from error
+        raise ModelError(f"could not load model {resolved.spec!r} from {resolved.load_path}: {_one_line(error)}; "
+                         "check that config.json and the weight files are complete (download or save the model "
+                         "again), or choose another model") from error
     model.to(device)
     model.eval()  # no dropout: per-example gradients must be deterministic
     for parameter in model.parameters():
@@ -193,18 +241,45 @@ def load_model(resolved: ResolvedModel, device: torch.device | str = "cpu"):
     return model
 
 
+def _weights_folder(resolved: ResolvedModel) -> Path | None:
+    """The local folder holding the model's weight files (for a hub id: its snapshot in the local HF cache)."""
+    if resolved.kind != "hub":
+        return Path(resolved.load_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(resolved.source, local_files_only=True))
+    except Exception:  # not in the local cache (or no hub library): nothing to count
+        return None
+
+
 def parameter_count(resolved: ResolvedModel) -> int:
-    """Parameter count from the safetensors headers, without loading the weights."""
-    from safetensors import safe_open
+    """Parameter count from the safetensors headers, without loading the weights; checks on the way that every
+    weight file is complete, so a damaged model is reported before a job starts rather than inside it."""
+    from safetensors import SafetensorError, safe_open
 
     ensure_converted(resolved)
-    folder = Path(resolved.load_path)
+    folder = _weights_folder(resolved)
     total = 0
-    for file in folder.glob("*.safetensors"):
-        with safe_open(str(file), "pt") as handle:
-            for name in handle.keys():
-                total += math.prod(handle.get_slice(name).get_shape())
+    for file in sorted(folder.glob("*.safetensors")) if folder else []:
+        try:
+            with safe_open(str(file), "pt") as handle:
+                for name in handle.keys():
+                    total += math.prod(handle.get_slice(name).get_shape())
+        except (SafetensorError, OSError) as error:
+            raise ModelError(f"the weights file {file} of model {resolved.spec!r} cannot be read ({error}): it is "
+                             "damaged or truncated; download or save the model again, or choose another model") from error
+    if total == 0 and folder:  # PyTorch .bin weights only: about 4 bytes a parameter (never unpickled here)
+        total = sum(file.stat().st_size for file in folder.glob("*.bin")) // 4
+    if total == 0:
+        raise ModelError(f"model {resolved.spec!r} has no weights (*.safetensors) in {folder or resolved.load_path}: "
+                         "download or save the complete model there, or choose another model")
     return total
+
+
+def _one_line(error: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(error).split()).rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def pick_device(requested: str = "auto") -> torch.device:

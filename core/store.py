@@ -29,6 +29,7 @@ too, because DuckDB refuses a read-only and a read-write connection to the same 
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -99,6 +100,7 @@ CREATE TABLE IF NOT EXISTS map_points (
 """
 
 ROLES = ("pool", "targets")
+INGEST_MEMORY_LIMIT = "128MB"  # DuckDB's memory while it inserts ingested rows (it spills beyond it)
 class _ProcessTurn:
     """Per database path and process: the thread lock, and how deeply the holding thread has re-entered."""
 
@@ -117,6 +119,58 @@ class StoreBusyError(RuntimeError):
 
 class StoreError(RuntimeError):
     """The cache is unusable (unreadable file, read-only folder, ...); the message says what to do."""
+
+
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def cache_problem(root: Path, path: Path | str, error: BaseException) -> str | None:
+    """A user-facing sentence for a disk fault of the cache (read-only, full), or None for anything else.
+
+    ``error`` is an OSError, or a DuckDB error whose text carries the operating system's reason."""
+    code = getattr(error, "errno", None)
+    text = str(error)
+    if code in _READ_ONLY or "Permission denied" in text or "Read-only file system" in text:
+        return (f"the cache folder {root} is not writable by this user ({path}: "
+                f"{getattr(error, 'strerror', None) or text}): make it writable (chown/chmod) or set "
+                f"G2IS_CACHE_DIR to a writable folder")
+    if code in _FULL or "No space left on device" in text or "Disk quota exceeded" in text:
+        return (f"the disk of the cache folder {root} is full (writing {path}): free some space there or set "
+                f"G2IS_CACHE_DIR to a folder on a larger disk; finished work is kept, so running the same "
+                f"command again (or Resume) continues where it stopped")
+    return None
+
+
+class DamagedChunkError(StoreError, ValueError):
+    """A feature chunk file is damaged, truncated or missing (also a ValueError: bad data, shown as a message)."""
+
+
+def chunk_problem(path: Path, n_rows: int) -> str | None:
+    """Why a feature chunk file cannot hold its ``n_rows`` catalogued rows (missing, truncated, bad header), or None.
+    Reads only the .npy header and the file size."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            expected = handle.tell() + int(np.prod(shape)) * dtype.itemsize
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        return "the file is missing"
+    except (OSError, ValueError, EOFError) as error:
+        return f"unreadable .npy header: {error}"
+    if size < expected:
+        return f"truncated: {size} bytes of {expected}"
+    if len(shape) != 2 or shape[0] != n_rows:
+        return f"holds an array of shape {shape}, {n_rows} rows were recorded"
+    return None
+
+
+def _damaged_database(path: Path, text: str) -> str:
+    return (f"the cache database {path} is damaged or truncated ({text.strip()}): move it aside "
+            f"(mv {path} {path}.damaged) and ingest your files again to start a fresh catalogue, "
+            f"or restore it from a backup")
 
 
 def now() -> datetime:
@@ -188,7 +242,11 @@ class Store:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise StoreError(f"cannot create the cache folder {self.root}: {error.strerror}; set G2IS_CACHE_DIR") from error
+            if self.root.exists() and not self.root.is_dir():
+                raise StoreError(f"the cache folder {self.root} is a file, not a folder: move the file away or set "
+                                 f"G2IS_CACHE_DIR to a folder") from error
+            raise StoreError(cache_problem(self.root, self.root, error)
+                             or f"cannot create the cache folder {self.root}: {error.strerror}; set G2IS_CACHE_DIR") from error
         with _PROCESS_TURNS_GUARD:
             self._process_turn = _PROCESS_TURNS.setdefault(str(self.path), _ProcessTurn())
         with self._connect(write=True) as con:
@@ -208,7 +266,13 @@ class Store:
                 finally:
                     turn.depth -= 1
                 return
-            with open(self.path.with_name(self.path.name + ".lock"), "a") as handle:
+            lock_file = self.path.with_name(self.path.name + ".lock")
+            try:
+                handle = open(lock_file, "a")
+            except OSError as error:
+                raise StoreError(cache_problem(self.root, lock_file, error)
+                                 or f"cannot open {lock_file}: {error.strerror}; check the cache folder") from error
+            with handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)  # released by close(), or by the kernel if we die
                 turn.depth = 1
                 try:
@@ -225,10 +289,10 @@ class Store:
                 try:
                     con = duckdb.connect(str(self.path), read_only=not write)
                     break
-                except duckdb.IOException as error:
+                except duckdb.Error as error:
                     text = str(error)
-                    if "lock" not in text.lower():
-                        raise StoreError(f"cannot open the cache database {self.path}: {text}") from error
+                    if not isinstance(error, duckdb.IOException) or "could not set lock" not in text.lower():
+                        raise StoreError(self._problem(error) or f"cannot open the cache database {self.path}: {text}") from error
                     if time.monotonic() > deadline:
                         raise StoreBusyError(
                             f"the cache database {self.path} stayed locked by another process for "
@@ -238,8 +302,23 @@ class Store:
                     delay = min(delay * 1.6, 0.25)
             try:
                 yield con
+            except duckdb.Error as error:  # a full or read-only disk, or a damaged file: say so and what to do
+                problem = self._problem(error)
+                if problem is None:
+                    raise
+                raise StoreError(problem) from error
             finally:
                 con.close()
+
+    def _problem(self, error: BaseException) -> str | None:
+        """A user-facing message for a DuckDB error caused by the cache's disk or file, else None."""
+        text = str(error)
+        problem = cache_problem(self.root, self.path, error)
+        if problem is None and str(self.path) in text and any(
+                sign in text for sign in ("Could not read enough bytes", "not a valid DuckDB database", "Corrupt",
+                                          "checksum", "corrupt")):
+            problem = _damaged_database(self.path, text)
+        return problem
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -282,9 +361,13 @@ class Store:
                 con.execute("INSERT INTO projects VALUES (?, ?, ?)", [project, now(), "{}"])
             for table in ("rows", "ingest_files", "ingest_errors"):
                 con.execute(f"DELETE FROM {table} WHERE project = ? AND role = ?", [project, role])
+            # Bounded memory for any file size: DuckDB would keep the new blocks cached up to 80 % of the RAM
+            # (a 1,000,000-row insert took 550 MB), and an ORDER BY would sort the whole file in memory; the
+            # staged file is already in ordinal order, which the insert keeps (preserve_insertion_order).
+            con.execute(f"SET memory_limit = '{INGEST_MEMORY_LIMIT}'")
             con.execute(
                 "INSERT INTO rows SELECT ?, ?, ordinal, row_id, content_hash, messages, format, source, file, line, grp "
-                "FROM read_parquet(?) ORDER BY ordinal",
+                "FROM read_parquet(?)",
                 [project, role, str(staged)],
             )
             stamp = now()
@@ -374,14 +457,30 @@ class Store:
         return self.root / "features" / config_key
 
     def finished_hashes(self, config_key: str) -> set[str]:
-        """Content hashes that already have a feature or a recorded error under this config."""
+        """Content hashes that already have a feature or a recorded error under this config.  Rows whose chunk
+        file is damaged or missing do not count: planning sees them as missing, so the next run recomputes them."""
         with self._connect() as con:
-            done = con.execute(
-                "SELECT content_hash FROM features WHERE config_key = ? "
-                "UNION SELECT content_hash FROM feature_errors WHERE config_key = ?",
-                [config_key, config_key],
-            ).fetchall()
-        return {r[0] for r in done}
+            features = con.execute("SELECT content_hash, chunk FROM features WHERE config_key = ?", [config_key]).fetchall()
+            errors = con.execute("SELECT content_hash FROM feature_errors WHERE config_key = ?", [config_key]).fetchall()
+            chunks = con.execute("SELECT chunk, path, n_rows FROM feature_chunks WHERE config_key = ?", [config_key]).fetchall()
+        damaged = {chunk for chunk, path, n_rows in chunks if chunk_problem(Path(path), n_rows)}
+        return {h for h, chunk in features if chunk not in damaged} | {h for (h,) in errors}
+
+    def drop_damaged_chunks(self, config_key: str) -> int:
+        """Forget (and delete) this config's chunk files that are damaged, truncated or missing, so that their
+        rows are computed again; returns how many rows were dropped."""
+        with self._connect() as con:
+            chunks = con.execute("SELECT chunk, path, n_rows FROM feature_chunks WHERE config_key = ?", [config_key]).fetchall()
+        damaged = [(chunk, path, n_rows) for chunk, path, n_rows in chunks if chunk_problem(Path(path), n_rows)]
+        if not damaged:
+            return 0
+        with self._transaction() as con:
+            for chunk, _, _ in damaged:
+                con.execute("DELETE FROM features WHERE config_key = ? AND chunk = ?", [config_key, chunk])
+                con.execute("DELETE FROM feature_chunks WHERE config_key = ? AND chunk = ?", [config_key, chunk])
+        for _, path, _ in damaged:
+            Path(path).unlink(missing_ok=True)
+        return sum(n_rows for _, _, n_rows in damaged)
 
     def chunk_files(self, config_key: str) -> set[str]:
         with self._connect() as con:
@@ -404,14 +503,21 @@ class Store:
         if len(entries):
             chunk = f"{chunk_prefix}-{uuid.uuid4().hex[:8]}"
             folder = self.feature_dir(config_key)
-            folder.mkdir(parents=True, exist_ok=True)
             final = folder / f"{chunk}.npy"
             partial = folder / f"{chunk}.partial"
-            with open(partial, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(matrix, dtype=np.dtype(dtype)))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, final)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with open(partial, "wb") as handle:
+                    np.save(handle, np.ascontiguousarray(matrix, dtype=np.dtype(dtype)))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(partial, final)
+            except OSError as error:  # a full or read-only disk: drop the half-written file, say what to do
+                partial.unlink(missing_ok=True)
+                problem = cache_problem(self.root, partial, error)
+                if problem is None:
+                    raise
+                raise StoreError(problem) from error
         with self._transaction() as con:
             if chunk is not None:
                 con.execute(
@@ -482,11 +588,19 @@ class Store:
             return [], np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32)
         paths = np.asarray(table.column("path").to_pylist(), dtype=object)
         offsets = table.column("chunk_offset").to_numpy()
-        width = np.load(paths[0], mmap_mode="r").shape[1]
-        out = np.empty((table.num_rows, width), dtype=np.float32)
+        out = None
         for path in dict.fromkeys(paths):
             positions = np.flatnonzero(paths == path)
-            out[positions] = np.load(path, mmap_mode="r")[offsets[positions]]
+            try:
+                chunk = np.load(path, mmap_mode="r")
+                if out is None:
+                    out = np.empty((table.num_rows, chunk.shape[1]), dtype=np.float32)
+                out[positions] = chunk[offsets[positions]]
+            except (OSError, ValueError, EOFError, IndexError) as error:
+                raise DamagedChunkError(
+                    f"feature chunk {path} is damaged or truncated ({error}): compute the features again "
+                    f"(`python -m core features --project {project}`, or Compute features on the Features page); "
+                    f"only that chunk's rows are recomputed, the rest stays cached") from error
         return table.column("row_id").to_pylist(), out, table.column("norm").to_numpy().astype(np.float32)
 
     def feature_progress(self, project: str, role: str, config_key: str) -> dict:
@@ -893,13 +1007,20 @@ def stage_rows_parquet(path: Path, rows: Iterable[dict], batch_rows: int = 5000)
         ]
     )
     count = 0
-    with pq.ParquetWriter(str(path), schema) as writer:
-        batch: list[dict] = []
-        for row in rows:
-            batch.append(row)
-            count += 1
-            if len(batch) >= batch_rows:
-                writer.write_table(pa.Table.from_pylist(batch, schema))
-                batch = []
-        writer.write_table(pa.Table.from_pylist(batch, schema))
+    try:
+        with pq.ParquetWriter(str(path), schema) as writer:
+            batch: list[dict] = []
+            for row in rows:
+                batch.append(row)
+                count += 1
+                if len(batch) >= batch_rows:
+                    writer.write_table(pa.Table.from_pylist(batch, schema))
+                    batch = []
+            writer.write_table(pa.Table.from_pylist(batch, schema))
+    except OSError as error:  # the readers turn their own file errors into row errors: this is the staging disk
+        root = next((folder for folder in path.parents if (folder / "g2is.duckdb").exists()), path.parent)
+        problem = None if getattr(error, "filename", None) not in (None, str(path)) else cache_problem(root, path, error)
+        if problem is None:
+            raise
+        raise StoreError(problem) from error
     return count

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import session
+from core.data_view import markdown_text
 from core.compare import (COMPARE_METHODS, METHOD_TITLES, UNIQUE_ROWS_LISTED, Comparison, compare_runs,
                           composition_figure, jaccard_figure, plan_comparison, run_missing)
 
@@ -41,7 +42,7 @@ if not methods:
 try:
     plan = plan_comparison(store, project, methods, index=index, **sizing)
 except ValueError as error:
-    st.error(str(error))
+    st.error(markdown_text(error))
     st.stop()
 
 st.markdown(f"**{plan.budget}** of {n_pool} pool rows per method, on feature set `{plan.feature_key}`.")
@@ -49,7 +50,7 @@ for note in plan.budget_notes:
     st.caption(note)
 
 for method, message in st.session_state.pop("compare-failures", {}).items():
-    st.error(f"{METHOD_TITLES.get(method, method)} failed: {message}")
+    st.error(f"{METHOD_TITLES.get(method, method)} failed: {markdown_text(message)}")
 if plan.missing:
     if plan.stored:
         st.info(f"Stored at this budget: {', '.join(plan.stored)}. Not run yet: {', '.join(plan.missing)}. "
@@ -69,7 +70,7 @@ if plan.missing:
             with st.spinner("Selecting..."):
                 plan = run_missing(store, plan, on_progress=show)
         except ValueError as error:  # FeaturesMissing included
-            st.error(str(error))
+            st.error(markdown_text(error))
             st.stop()
         st.session_state["compare-failures"] = plan.failures
         st.rerun()  # redraw from the store: the hints above still describe the runs before this one

@@ -2,12 +2,14 @@
 manifest under ``cache/exports/`` and download both.  A thin view over ``core.export.export_selection``."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import streamlit as st
 
 from app import session
 from core.compare import METHOD_TITLES
+from core.data_view import markdown_code, markdown_text
 from core.export import EXPORT_FORMATS, export_selection
 
 FORMAT_TITLES = {"messages": "chat messages", "alpaca": "Alpaca", "sharegpt": "ShareGPT"}
@@ -17,8 +19,8 @@ st.title("Export a selection")
 
 runs = store.selection_runs(project)
 if not runs:
-    st.info(f"Project **{project}** has no selection yet. Run one on the Walk or Compare page "
-            f"(or `python -m core select --project {project} ...`), then export it here.")
+    st.info(f"Project **{markdown_text(project)}** has no selection yet. Run one on the Walk or Compare page "
+            f"(or {markdown_code(f'python -m core select --project {shlex.quote(project)} ...')}), then export it here.")
     st.stop()
 
 
@@ -41,8 +43,9 @@ if fmt == "alpaca":
                "a selection with longer chats cannot be written in it.")
 
 with st.expander("Run details", expanded=False):
-    st.markdown(f"Method **{run['method']}**, {run['selected']} of {run['budget']} rows, "
-                f"{run['seconds'] or 0:.1f} s, feature set `{run['feature_key']}`, run `{run['id']}`.")
+    st.markdown(f"Method **{markdown_text(run['method'])}**, {run['selected']} of {run['budget']} rows, "
+                f"{run['seconds'] or 0:.1f} s, feature set {markdown_code(run['feature_key'])}, "
+                f"run {markdown_code(run['id'])}.")
     st.json(run["params"])
 if run["notes"]:
     st.caption("Notes of the run (under-filled budgets, clipping, what the method decided):")
@@ -53,18 +56,18 @@ if st.button("Export", type="primary", key="export-button"):
     try:
         st.session_state[key] = export_selection(store, run["id"], fmt)
     except ValueError as error:
-        st.error(f"Cannot export as {FORMAT_TITLES[fmt]}: {error}")
+        st.error(f"Cannot export as {FORMAT_TITLES[fmt]}: {markdown_text(error)}")
     except OSError as error:
-        st.error(f"Cannot write the export under {store.root / 'exports'}: {error}")
+        st.error(f"Cannot write the export under {markdown_text(store.root / 'exports')}: {markdown_text(error)}")
 
 manifest = st.session_state.get(key)
 if manifest is not None:
     path, manifest_path = Path(manifest["path"]), Path(manifest["manifest_path"])
     if not path.exists() or not manifest_path.exists():
-        st.warning(f"The export files at `{path}` are gone; press Export to write them again.")
+        st.warning(f"The export files at {markdown_code(path)} are gone; press Export to write them again.")
     else:
-        st.success(f"Wrote {manifest['selected']} rows as {FORMAT_TITLES[fmt]} to `{path}` "
-                   f"and the manifest to `{manifest_path}` (exported {manifest['exported_at']}).")
+        st.success(f"Wrote {manifest['selected']} rows as {FORMAT_TITLES[fmt]} to {markdown_code(path)} "
+                   f"and the manifest to {markdown_code(manifest_path)} (exported {manifest['exported_at']}).")
         data = path.read_bytes()
         left, right = st.columns(2)
         left.download_button("Download JSONL", data, file_name=path.name, mime="application/jsonl",

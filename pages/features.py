@@ -8,8 +8,10 @@ from app import session
 from core import jobs
 from core.demo import DEMO_PROJECT
 from core.estimate import format_duration
+from core.data_view import markdown_code, markdown_text
 from core.modeling import ModelError
 from core.projects import edit_settings, project_settings, project_status
+from core.store import StoreError
 
 store, project = session.store(), session.project()
 st.title("Gradient features")
@@ -17,8 +19,8 @@ st.title("Gradient features")
 settings = project_settings(store, project)
 status = project_status(store, project)
 rows = status["rows"]
-st.markdown(f"Project **{project}**: {rows['pool']} pool rows, {rows['targets']} target rows. "
-            f"Model `{settings.model}`, LoRA r={settings.lora.r}, max {settings.max_tokens} tokens, "
+st.markdown(f"Project **{markdown_text(project)}**: {rows['pool']} pool rows, {rows['targets']} target rows. "
+            f"Model {markdown_code(settings.model)}, LoRA r={settings.lora.r}, max {settings.max_tokens} tokens, "
             f"projection {settings.projection.kind} to {settings.projection.dim} dimensions.")
 
 
@@ -56,7 +58,7 @@ def settings_form(settings) -> None:
                     projection_dim=int(projection_dim), warmup_fraction=float(warmup_fraction),
                     warmup_epochs=int(warmup_epochs), warmup_checkpoints=warmup_checkpoints)
             except ValueError as error:
-                st.error(f"Settings not saved: {error}")
+                st.error(f"Settings not saved: {markdown_text(error)}")
             else:
                 store.ensure_project(project, updated.to_dict())
                 st.rerun()
@@ -98,8 +100,8 @@ else:
     try:
         with st.spinner("Planning (loads the tokenizer; the first SmolLM2 use converts the model, ~40 s)..."):
             request = jobs.request_features(store, project, settings)
-    except (ModelError, ValueError) as error:
-        st.error(str(error))
+    except (ModelError, StoreError, ValueError) as error:  # a model that does not load, a damaged cache...
+        st.error(markdown_text(error))
         request = None
     if request is not None and request.cached:
         st.success("All features are computed and cached.")
@@ -125,7 +127,7 @@ if status["jobs"]:
         cols = st.columns([3, 2, 4, 1])
         cols[0].markdown(f"`{j['id']}` {j['kind']}")
         cols[1].markdown(f"**{j['status']}**")
-        cols[2].markdown(f"{j['done']}/{j['total']} {j['phase'] or ''}  \n{j['message'] or ''}")
+        cols[2].markdown(f"{j['done']}/{j['total']} {markdown_text(j['phase'] or '')}  \n{markdown_text(j['message'] or '')}")
         if j["status"] in ("interrupted", "cancelled", "failed") and cols[3].button("Resume", key=f"resume-{j['id']}"):
             jobs.resume(store, j["id"])
             st.rerun()

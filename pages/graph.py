@@ -3,10 +3,13 @@
 summary.  A thin view over ``core.graph_view``; the graph is built once per feature set and read back after."""
 from __future__ import annotations
 
+import shlex
+
 import streamlit as st
 
 from app import session
 from core import graph_view, maps
+from core.data_view import markdown_code, markdown_text
 from core.graph import DEFAULT_K
 
 store, project = session.store(), session.project()
@@ -29,7 +32,7 @@ if key is None:
             try:
                 graph_view.build_stored_graph(store, project, index)
             except (RuntimeError, ValueError, OSError, MemoryError) as error:
-                st.error(f"The graph could not be built: {error}")
+                st.error(f"The graph could not be built: {markdown_text(error)}")
                 st.stop()
         st.rerun()
     st.stop()
@@ -37,7 +40,7 @@ if key is None:
 stored = cached_graph(store, str(store.root), key)
 if stored is None:
     st.error("The stored graph could not be read; rebuild it with "
-             f"`python -m core graph --project {project} --rebuild`.")
+             f"{markdown_code(f'python -m core graph --project {shlex.quote(project)} --rebuild')}.")
     st.stop()
 graph = stored.graph
 st.caption(f"kNN graph over {graph.n_nodes:,} pool rows: k={graph.k} similar and {graph.k_neg} conflict "

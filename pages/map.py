@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import session
 from core import maps
+from core.data_view import markdown_text
 
 store, project = session.store(), session.project()
 st.title("Gradient map")
@@ -28,7 +29,7 @@ if missing:
                     maps.compute_map(store, project, space, index=index)
                     layouts[space] = session.map_layout(project, space, index)
                 except (RuntimeError, ValueError, OSError, ImportError, MemoryError) as error:
-                    st.error(f"The {space} layout could not be computed: {error}")
+                    st.error(f"The {space} layout could not be computed: {markdown_text(error)}")
 if all(points is None for points in layouts.values()):
     st.stop()
 

@@ -14,6 +14,7 @@ import streamlit as st
 
 from app import session
 from core import walk_view
+from core.data_view import markdown_text
 from core.graph import DEFAULT_K
 from core.maps import layout_info, load_layout
 from core.selection_runs import FeaturesMissing
@@ -52,10 +53,10 @@ index = None
 try:
     index = session.current_feature_index(project)
 except FeaturesMissing as error:
-    st.warning(f"The walk needs gradient features. {error}")
+    st.warning(f"The walk needs gradient features. {markdown_text(error)}")
     session.page_link("features.py", "Open the Features page")
 except (ValueError, RuntimeError, OSError) as error:
-    st.error(f"The project's features cannot be read: {error}")
+    st.error(f"The project's features cannot be read: {markdown_text(error)}")
 
 
 # ----------------------------------------------------------------------------------------------- run state
@@ -101,10 +102,10 @@ if submitted:
         with st.spinner("Running the walk (loads the features; builds the graph if this k is new)..."):
             run_id = walk_view.start_walk(store, project, settings)
     except FeaturesMissing as error:
-        st.warning(str(error))
+        st.warning(markdown_text(error))
         session.page_link("features.py", "Open the Features page")
     except (ValueError, RuntimeError, OSError) as error:
-        st.error(f"The walk did not run: {error}")
+        st.error(f"The walk did not run: {markdown_text(error)}")
     else:
         open_run(run_id, 0)
         st.toast(f"Walk {run_id} stored.")
@@ -129,7 +130,7 @@ st.selectbox("Walk", list(labels), format_func=labels.get, key="walk_run_choice"
 try:
     replay = cached_replay(store, root, state["walk_run"])
 except ValueError as error:
-    st.error(str(error))
+    st.error(markdown_text(error))
     st.stop()
 run = replay.run
 st.query_params["run"] = run.run_id
@@ -219,7 +220,7 @@ def step_panel(replay: walk_view.WalkReplay, backdrop, map_note, pool_ids) -> No
     try:
         view, state["walk_window"] = walk_view.read_step(store, replay, step, pool_ids, state.get("walk_window"))
     except ValueError as error:
-        st.error(str(error))
+        st.error(markdown_text(error))
         return
     where = f" · component {view.component}" if view.component is not None else ""
     st.markdown(f"**Step {view.step} of {view.last_step}**{where} · {view.picks} row(s) accepted so far")
