@@ -51,7 +51,8 @@ METHODS = ["g2is", "less", "tsds-kde", "tsds-uniform", "embedding", "random"]
 
 
 def sample_jsonl(path: Path, count: int | None, seed: int) -> list[str]:
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # split on "\n" only: str.splitlines() also splits at U+2028 and friends, which JSON strings may contain
+    lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     if count is None or count >= len(lines):
         return lines
     picked = sorted(random.Random(seed).sample(range(len(lines)), count))

@@ -34,7 +34,7 @@ from core.modeling import (
     template_key,
 )
 from core.projection import make_projector
-from core.store import FeatureRowEntry, Store, StoredRow
+from core.store import FeatureRowEntry, RowKey, Store, StoredRow
 
 GRADIENT_TYPES = {"pool": "adam", "targets": "sgd"}
 
@@ -62,9 +62,10 @@ class FeaturePlan:
     template_key: str
     warmup_run_key: str
     warmup_positions: list[int]  # positions in the full pool
+    warmup_hashes: list[str]  # content hashes of the rows at those positions
     checkpoints: list[CheckpointPlan]
     configs: list[FeatureConfig]
-    rows: dict[str, list[StoredRow]]  # role -> rows in scope (pool limited by --limit)
+    rows: dict[str, list[RowKey]]  # role -> rows in scope (pool limited by --limit), without messages
     missing: dict[str, list[StoredRow]] = field(default_factory=dict)  # config key -> rows still to compute
     missing_checkpoints: list[CheckpointPlan] = field(default_factory=list)
 
@@ -96,15 +97,16 @@ def plan_features(store: Store, project: str, settings: FeatureSettings, limit: 
     tokenizer = tokenizer or load_tokenizer(resolved)
     mkey, tkey = model_key(resolved), template_key(tokenizer)
     device = pick_device(settings.device)
-    pool = store.rows(project, "pool")
-    targets = store.rows(project, "targets")
+    pool = store.row_keys(project, "pool")
+    targets = store.row_keys(project, "targets")
     if not pool:
         raise ValueError(f"project {project!r} has no pool rows: run `python -m core ingest --project {project} --pool FILE`")
     if not targets:
         raise ValueError(f"project {project!r} has no target rows: run `python -m core ingest --project {project} --targets FILE`")
     base = _base_description(settings, mkey, tkey)
     positions = warmup_sample(len(pool), settings.warmup, on_cpu=device.type == "cpu")
-    run_key = stable_hash([base, asdict(settings.warmup), [pool[i].content_hash for i in positions]])
+    warmup_hashes = [pool[i].content_hash for i in positions]
+    run_key = stable_hash([base, asdict(settings.warmup), warmup_hashes])
     epochs = settings.warmup.epochs
     wanted = [epochs] if settings.warmup.checkpoints == "last" or epochs == 0 else list(range(1, epochs + 1))
     checkpoints = [CheckpointPlan(stable_hash([run_key, epoch]), epoch) for epoch in wanted]
@@ -115,7 +117,8 @@ def plan_features(store: Store, project: str, settings: FeatureSettings, limit: 
             numbers = [base, checkpoint.key, gradient_type, projection, settings.adam_eps if gradient_type == "adam" else None]
             configs.append(FeatureConfig(stable_hash(numbers), role, gradient_type, checkpoint))
     rows = {"pool": pool[:limit] if limit else pool, "targets": targets}
-    plan = FeaturePlan(project, settings, device.type, mkey, tkey, run_key, positions, checkpoints, configs, rows)
+    plan = FeaturePlan(project, settings, device.type, mkey, tkey, run_key, positions, warmup_hashes, checkpoints,
+                       configs, rows)
     refresh_plan(store, plan)
     return plan
 
@@ -123,15 +126,17 @@ def plan_features(store: Store, project: str, settings: FeatureSettings, limit: 
 def refresh_plan(store: Store, plan: FeaturePlan) -> None:
     """Recompute what is missing (rows without a feature or a recorded error; checkpoints not on disk)."""
     plan.missing_checkpoints = [c for c in plan.checkpoints if store.checkpoint(c.key) is None]
-    plan.missing = {}
+    todo_hashes: dict[str, list[str]] = {}
     for config in plan.configs:
         finished = store.finished_hashes(config.key)
-        todo, seen = [], set()
-        for row in plan.rows[config.role]:
-            if row.content_hash not in finished and row.content_hash not in seen:
-                seen.add(row.content_hash)
-                todo.append(row)
-        plan.missing[config.key] = todo
+        todo_hashes[config.key] = list(dict.fromkeys(
+            row.content_hash for row in plan.rows[config.role] if row.content_hash not in finished))
+    # Messages only for the rows still to compute (none once the features are complete).
+    full: dict[str, dict[str, StoredRow]] = {}
+    for role in ("pool", "targets"):
+        wanted = [h for config in plan.configs if config.role == role for h in todo_hashes[config.key]]
+        full[role] = store.rows_by_hash(plan.project, role, wanted) if wanted else {}
+    plan.missing = {config.key: [full[config.role][h] for h in todo_hashes[config.key]] for config in plan.configs}
 
 
 def learning_rate_weights(store: Store, plan: FeaturePlan) -> dict[str, float]:
@@ -190,8 +195,8 @@ def run_features(
     resolved = resolve_model(settings.model)
     tokenizer = load_tokenizer(resolved)
     plan = plan_features(store, project, settings, limit, tokenizer=tokenizer)
-    pool = store.rows(project, "pool")
-    warmup_rows = [pool[i] for i in plan.warmup_positions]
+    warmup_by_hash = store.rows_by_hash(project, "pool", plan.warmup_hashes) if plan.missing_checkpoints else {}
+    warmup_rows = [warmup_by_hash[h] for h in plan.warmup_hashes] if plan.missing_checkpoints else []
     warmup_units = len(warmup_rows) * settings.warmup.epochs if plan.missing_checkpoints else 0
     progress = Progress(total=warmup_units + plan.rows_to_compute)
     progress.phase = "loading model"

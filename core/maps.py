@@ -17,7 +17,6 @@ texts; WebGL above ``WEBGL_THRESHOLD`` points) so the page stays a thin view.
 """
 from __future__ import annotations
 
-import functools
 import html
 import time
 from dataclasses import dataclass, field
@@ -34,9 +33,10 @@ SPACE_TITLES = {"gradient": "Gradient features (UMAP of PCA-50)", "text": "Text 
 PCA_DIM = 50
 UMAP_NEIGHBORS = 15
 MIN_UMAP_POINTS = 10  # below this, PCA-2 (UMAP needs n_neighbors < n and a few neighbours to mean anything)
-PREVIEW_CHARS = 200  # hover text length: enough to recognise a row, small enough to ship 20k of them
+PREVIEW_CHARS = 200  # stored preview per point (the selection table, the graph's tooltips)
+HOVER_CHARS = 80  # map hover text: enough to recognise a row; at 50k rows 200 made the two maps ~12.7 MB, 80 ~4 MB
 WEBGL_THRESHOLD = 2_000
-MAX_DRAWN_POINTS = 20_000  # the browser gets a sample above this (targets and highlighted rows always kept)
+MAX_DRAWN_POINTS = 10_000  # the browser gets a sample above this (targets and highlighted rows always kept)
 AUTO_COMPUTE_ROWS = 5_000  # below this the Map page computes missing layouts on first visit (seconds, not minutes)
 TARGET_LABEL = "target"
 
@@ -64,11 +64,11 @@ class MapPoints:
     def n_pool(self) -> int:
         return sum(role == "pool" for role in self.roles)
 
-    @functools.cached_property
-    def hover_texts(self) -> np.ndarray:
-        """Escaped hover text per point (object array: plotly takes it without re-validating every string)."""
-        previews = self.previews or [""] * len(self)
-        return np.asarray([hover_text(*fields) for fields in zip(self.row_ids, self.roles, self.sources, previews)],
+    def hover_texts(self, indices: np.ndarray) -> np.ndarray:
+        """Escaped hover text of these points only (object array: plotly takes it without re-validating every
+        string); built per drawn point, since a sampled map draws a fraction of a large layout."""
+        return np.asarray([hover_text(self.row_ids[i], self.roles[i], self.sources[i],
+                                      self.previews[i] if self.previews else "", HOVER_CHARS) for i in indices],
                           dtype=object)
 
     def positions(self) -> dict[str, int]:
@@ -307,7 +307,7 @@ def scatter_figure(points: MapPoints, colouring: Colouring, title: str = "", dra
         figure.add_trace(trace_type(
             x=points.x[members], y=points.y[members], mode="markers", name=html.escape(str(label)),
             customdata=members,
-            hovertext=points.hover_texts[members],
+            hovertext=points.hover_texts(members),
             hoverinfo="text",
             marker=dict(color=colouring.colors.get(label, NOT_PICKED_COLOR), size=11 if is_target else 6,
                         symbol="star" if is_target else "circle", opacity=0.9,

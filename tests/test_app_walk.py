@@ -16,6 +16,7 @@ from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
 from core.ingest import ingest_files
 from core.maps import layout_key
 from core.selection_runs import feature_index, load_project_features, row_text, run_selection
+from core.data_view import markdown_text
 from core.store import Store
 from core.walk_view import Pick, load_replay, map_backdrop, walk_path_figure
 
@@ -226,7 +227,7 @@ def test_bad_walk_settings_show_a_message_and_store_nothing(explore_project):
     [n for n in app.number_input if n.label.startswith("δ")][0].set_value(0.0)
     button(app, "Run walk").click().run()
     assert not app.exception
-    assert any("delta must lie in (0, 1]" in e.value for e in app.error)
+    assert any(markdown_text("delta must lie in (0, 1]") in e.value for e in app.error)  # shown escaped
     assert store.selection_runs(project, "g2is") == []
 
 
