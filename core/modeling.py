@@ -175,8 +175,8 @@ def refuse_remote_code(resolved: ResolvedModel) -> None:
 
     A config.json whose ``auto_map`` points at Python files in the folder is fine when transformers has its
     ``model_type`` built in (that class is used; the folder's code is never imported); otherwise only the folder's
-    code could build it, so it is refused here with a message rather than by transformers' "pass
-    trust_remote_code=True".  Weights must be safetensors: ``pytorch_model.bin`` files are pickles."""
+    code could build it, so it is refused here with a message rather than by transformers' advice to enable
+    remote code.  Weights must be safetensors: ``pytorch_model.bin`` files are pickles."""
     folder = Path(resolved.load_path)
     if resolved.kind == "hub" or not (folder / "config.json").is_file():
         return  # hub ids: transformers' refusal is turned into the same message by load_model / load_tokenizer
