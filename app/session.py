@@ -92,6 +92,24 @@ def current_feature_index(project: str) -> FeatureIndex:
     return _feature_index_for(current, str(current.root), project, current.rows_version(project), settings)
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _feature_request_for(_store: Store, root: str, project: str, settings: str, _settings, state: str):
+    from core.jobs import request_features
+
+    return request_features(_store, project, _settings)
+
+
+def feature_request(project: str, settings, status: dict):
+    """``core.jobs.request_features`` for the Features page, cached on what it reads: the project's rows,
+    settings, feature sets and jobs (all in ``status``, from ``core.projects.project_status``).  Planning loads
+    the tokenizer and reads every row key (most of a second at 50k rows); any change to those inputs plans anew."""
+    current = store()
+    state = json.dumps([current.rows_version(project), status["features"],
+                        [(j["id"], j["status"], j["done"]) for j in status["jobs"]]], sort_keys=True, default=str)
+    return _feature_request_for(current, str(current.root), project, json.dumps(settings.to_dict(), sort_keys=True),
+                                settings, state)
+
+
 def features_or_stop(project: str, needed_for: str) -> FeatureIndex:
     """The project's FeatureIndex, or a message that says what to do (and the page stops there)."""
     try:

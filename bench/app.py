@@ -49,7 +49,9 @@ adds AppTest's own work: ~0.2 s per fresh AppTest for its component scan, a few 
 times the server side only: no websocket transfer and no browser drawing (the byte counts stand for those).  It also
 reruns the whole page on every click, whereas in a browser a click inside the walk's step panel (an ``st.fragment``)
 reruns only that fragment: the Next/jump/tick rows are upper bounds, and a "walk fragment" row gives the step panel's
-own share of a Next click (cProfile).  Before the timed pass every page is opened once (imports, numba compilation),
+own share of a Next click (cProfile).  The step as a user gets it is then timed in a real browser
+(``--browser-clicks``): ``streamlit run`` on the bench cache and headless Debian chromium, from the click on Next
+until the new step's heading is drawn, measured inside the page.  Before the timed pass every page is opened once (imports, numba compilation),
 so "cold" means cold caches in a warm process: the first visit after a server start or a cache clear.  The run ends
 with ``figure: NAME = VALUE`` lines.
 """
@@ -605,6 +607,56 @@ def step_panel_seconds(app) -> float:
                if name == "step_panel" and file.endswith("walk.py"))
 
 
+# Runs in the page: clicks Next and resolves with the milliseconds until the new step's heading is in the DOM and
+# the next animation frame (so it has been laid out and painted).  Timed in the browser itself: playwright's own
+# waits poll with back-off (up to 500 ms between checks), too coarse for a 200 ms target.
+NEXT_CLICK_JS = """(step) => new Promise((resolve, reject) => {
+  const wanted = `Step ${step} of`;
+  const next = [...document.querySelectorAll('button')].find(b => b.textContent.includes('Next'));
+  if (!next) { reject(new Error('no Next button')); return; }
+  const started = performance.now();
+  const done = () => requestAnimationFrame(() => resolve(performance.now() - started));
+  const watcher = new MutationObserver(() => {
+    if (document.body.textContent.includes(wanted)) { watcher.disconnect(); done(); }
+  });
+  watcher.observe(document.body, {subtree: true, childList: true, characterData: true});
+  setTimeout(() => { watcher.disconnect(); reject(new Error(`step ${step} not shown within 30 s`)); }, 30000);
+  next.click();
+})"""
+
+
+def browser_walk_steps(cache: Path, walk_run: str, clicks: int) -> dict:
+    """Next clicks in a real browser: ``streamlit run app/main.py`` on the bench cache and headless Debian chromium
+    (tests/browser.py's plumbing), only the step panel's fragment rerunning.  Each click is timed in the page from
+    the click until the new step's heading is drawn (``NEXT_CLICK_JS``): what a user waits for, the server's run,
+    the websocket and the browser's drawing of every element the step changes included."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from browser import AppServer, StreamlitPage, launch_chromium, missing_browser_reason
+    from playwright.sync_api import sync_playwright
+
+    reason = missing_browser_reason()
+    if reason:
+        return {"skipped": reason}
+    server = AppServer(cache.resolve(), REPO / "test-artifacts" / "bench-app-browser.log").start(timeout=180)
+    shown = []
+    try:
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright)
+            page = StreamlitPage(browser.new_page(viewport={"width": 1400, "height": 1000}), server.url)
+            page.page.goto(f"{server.url}/walk?project={PROJECT}&run={walk_run}&step=0", wait_until="domcontentloaded")
+            page.page.wait_for_selector("text=Step 0 of", timeout=300_000)
+            page.wait_idle(300_000)
+            for step in range(1, clicks + 1):
+                page.page.wait_for_timeout(700)  # a user's pace: the previous step's plots are drawn
+                shown.append(page.page.evaluate(NEXT_CLICK_JS, step) / 1000)
+                page.wait_idle(30_000)
+            problems = page.problems()
+            browser.close()
+    finally:
+        server.stop()
+    return {"shown": shown, "problems": problems}
+
+
 def core_walk_breakdown(store, walk_run: str) -> dict:
     """The walk step's pieces outside Streamlit, to see which part of a step costs what."""
     from core import walk_view
@@ -689,6 +741,8 @@ def main() -> int:
     parser.add_argument("--next-clicks", type=int, default=20)
     parser.add_argument("--jumps", type=int, default=5)
     parser.add_argument("--ticks", type=int, default=5)
+    parser.add_argument("--browser-clicks", type=int, default=20,
+                        help="Next clicks timed in a real browser (Debian chromium + playwright); 0 skips it")
     parser.add_argument("--pages", default=",".join(PAGES), help="comma-separated subset of " + ",".join(PAGES))
     parser.add_argument("--profile", default="", help="comma-separated subset of " + ",".join(PROFILE_TARGETS)
                         + ": print cProfile tables instead of the benchmark")
@@ -747,6 +801,7 @@ def main() -> int:
     if "walk" in results:
         steps = measure_walk_steps(results["walk"]["app"], args.next_clicks, args.jumps, args.ticks)
         breakdown = core_walk_breakdown(store, walk_run)
+    browser_steps = browser_walk_steps(args.cache, walk_run, args.browser_clicks) if args.browser_clicks else None
     say(f"done measuring ({load_text()})")
 
     say(f"\n{'':<15}{'script s':>17}{'AppTest s':>17}")
@@ -784,6 +839,17 @@ def main() -> int:
             f"browser waits for. The run has {steps['last_step'] + 1:,} events.)")
         say("walk step pieces called directly: " + ", ".join(
             f"{k} {v * 1000:.0f} ms" if k.endswith("_s") else f"{k} {v:,}" for k, v in breakdown.items()))
+    if browser_steps and "skipped" in browser_steps:
+        say(f"walk Next in a browser: skipped ({browser_steps['skipped']})")
+    elif browser_steps:
+        for name, key in (("walk Next in a browser", "shown"),):
+            median = statistics.median(browser_steps[key])
+            say(f"{name:<26}{median:>8.3f} s  target {STEP_TARGET_S:.1f}  {verdict(median, STEP_TARGET_S):<5}"
+                f"(n={len(browser_steps[key])}; min {min(browser_steps[key]):.3f}, "
+                f"90th percentile {np.percentile(browser_steps[key], 90):.3f}, max {max(browser_steps[key]):.3f})")
+            figures[f"walk_browser_next_{key}_ms"] = 1000 * median
+        if browser_steps["problems"]:
+            say(f"  browser saw: {browser_steps['problems']}")
     problems_seen = {page: r["problems"] for page, r in results.items() if r["problems"]}
     if problems_seen:
         say(f"pages that showed errors or exceptions: {problems_seen}")

@@ -99,7 +99,7 @@ else:
     settings_form(settings)
     try:
         with st.spinner("Planning (loads the tokenizer; the first SmolLM2 use converts the model, ~40 s)..."):
-            request = jobs.request_features(store, project, settings)
+            request = session.feature_request(project, settings, status)
     except (ModelError, StoreError, ValueError) as error:  # a model that does not load, a damaged cache...
         st.error(markdown_text(error))
         request = None
