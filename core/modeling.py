@@ -159,8 +159,13 @@ def ensure_converted(resolved: ResolvedModel, log=print) -> None:
     (staging / "g2is_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": _file_digest(gguf)}))
     if target.exists():  # another process converted it meanwhile
         shutil.rmtree(staging, ignore_errors=True)
-    else:
+        return
+    try:
         staging.rename(target)
+    except OSError:  # lost the race to another process (e.g. two Ray workers starting on one node)
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "g2is_source.json").is_file():
+            raise
 
 
 def _remote_code_error(resolved: ResolvedModel, why: str) -> ModelError:
@@ -195,11 +200,19 @@ def refuse_remote_code(resolved: ResolvedModel) -> None:
         raise _remote_code_error(resolved, f"has only PyTorch .bin weights (pickles) in {folder}, no *.safetensors")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_tokenizer(resolved: ResolvedModel):
     from transformers import AutoTokenizer
 
     ensure_converted(resolved)
     refuse_remote_code(resolved)
+    folder = Path(resolved.load_path)
+    # A local folder without any tokenizer file makes transformers talk about slow-tokenizer backends: say it plainly.
+    if resolved.kind != "hub" and folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"the model folder {folder} has no tokenizer files (tokenizer.json and tokenizer_config.json): "
+                         "copy them from the original model, or choose another model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.load_path, trust_remote_code=False)
     except Exception as error:

@@ -37,7 +37,7 @@ import random
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -373,12 +373,17 @@ class Store:
             # Bounded memory for any file size: DuckDB would keep the new blocks cached up to 80 % of the RAM
             # (a 1,000,000-row insert took 550 MB), and an ORDER BY would sort the whole file in memory; the
             # staged file is already in ordinal order, which the insert keeps (preserve_insertion_order).
+            # The limit is the database instance's, which other connections of this process may share: reset it.
             con.execute(f"SET memory_limit = '{INGEST_MEMORY_LIMIT}'")
-            con.execute(
-                "INSERT INTO rows SELECT ?, ?, ordinal, row_id, content_hash, messages, format, source, file, line, grp "
-                "FROM read_parquet(?)",
-                [project, role, str(staged)],
-            )
+            try:
+                con.execute(
+                    "INSERT INTO rows SELECT ?, ?, ordinal, row_id, content_hash, messages, format, source, file, line, "
+                    "grp FROM read_parquet(?)",
+                    [project, role, str(staged)],
+                )
+            finally:
+                with suppress(duckdb.Error):  # after a failed insert the transaction refuses it; the error that matters propagates
+                    con.execute("RESET memory_limit")
             stamp = now()
             for info in files:
                 con.execute(

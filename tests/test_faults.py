@@ -363,7 +363,7 @@ MODEL_FAULTS = {  # fault -> what the message must say
     "truncated weights": "is damaged or truncated; download or save the model again",
     "no weights": "has no weights",
     "config.json not JSON": "cannot be read as JSON",
-    "no tokenizer files": "needs a complete fast tokenizer",
+    "no tokenizer files": "has no tokenizer files (tokenizer.json and tokenizer_config.json)",
 }
 
 
