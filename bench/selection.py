@@ -28,21 +28,24 @@ from core.selection.g2is import G2ISParams, core_knowledge, make_plan, result_fr
 from tests.reference_g2is import reference_g2is  # noqa: E402
 
 
-def clustered_features(rows: int, dim: int, clusters: int = 50, seed: int = 0, block: int = 2000):
+def clustered_features(rows: int, dim: int, clusters: int = 50, seed: int = 0, block: int = 2000, return_labels: bool = False):
     """Pool: cluster centre + 2x noise (within-cluster cosine ~0.2), random row scales, made in row blocks.
-    Targets: centres of 10 clusters + 1x noise, so PCA at val_k=0.5 keeps a couple of dozen components."""
+    Targets: centres of 10 clusters + 1x noise, so PCA at val_k=0.5 keeps a couple of dozen components.
+    ``return_labels``: also each pool row's cluster."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, dim), dtype=np.float32)
     pool = np.empty((rows, dim), dtype=np.float32)
+    pool_labels = np.empty(rows, dtype=np.int64)
     for start in range(0, rows, block):
         stop = min(rows, start + block)
         labels = rng.integers(0, clusters, stop - start)
+        pool_labels[start:stop] = labels
         noise = rng.standard_normal((stop - start, dim), dtype=np.float32)
         scale = rng.uniform(0.5, 2.0, (stop - start, 1)).astype(np.float32)
         pool[start:stop] = (centers[labels] + 2.0 * noise) * scale
     labels = rng.integers(0, 10, 200)
     targets = centers[labels] + 1.0 * rng.standard_normal((200, dim), dtype=np.float32)
-    return pool, targets
+    return (pool, targets, pool_labels) if return_labels else (pool, targets)
 
 
 def timed(function, *args, **kwargs):

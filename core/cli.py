@@ -2,7 +2,7 @@
 
     ingest         read pool/target files into a project (formats detected per file)
     demo           create the built-in demo project
-    features       estimate, then compute (in a background worker) and cache gradient features
+    features       estimate, then compute (in a background worker, or on a Ray cluster) and cache gradient features
     status         rows, features and jobs of a project (``--json`` for machines)
     dump-features  write pool.npy / targets.npy (raw projected float32) and their ids for other tools
     graph          build (or show the cached) kNN gradient graph of the pool
@@ -110,9 +110,19 @@ def watch(store: Store, job_id: str, stream=sys.stderr) -> int:
 
 
 def cmd_features(args) -> int:
-    from core.jobs import launch_features, request_features, run_job
+    from core.jobs import launch_features, request_features, run_job, start_features_job
 
     store = _store()
+    if args.ray:  # (core.distributed loads torch: imported only for a Ray run)
+        from core.distributed import RayUnavailable, require_ray
+
+        if args.detach:
+            raise ValueError("--ray runs the job in this process (the driver of the Ray cluster): drop --detach")
+        try:
+            require_ray()  # before planning: say at once that Ray is missing
+        except RayUnavailable as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     settings = _settings_from_args(store, args)
     request = request_features(store, args.project, settings, args.limit)
     if request.cached:
@@ -120,9 +130,9 @@ def cmd_features(args) -> int:
         print(f"features cached: {len(plan.rows['pool'])} pool rows and {len(plan.rows['targets'])} target rows "
               f"x {len(plan.checkpoints)} checkpoint(s), nothing to compute")
         return 0
-    print("estimate: " + request.estimate.text())
-    if args.inline:
-        job_id = store.create_job(args.project, "features", {"settings": settings.to_dict(), "limit": args.limit})
+    print("estimate: " + request.estimate.text() + (" (for one machine)" if args.ray else ""))
+    if args.inline or args.ray:  # a job row all the same, so that `jobs`, `status` and the app see the run
+        job_id = start_features_job(store, args.project, settings, args.limit, spawn=False, ray_address=args.ray)
         return run_job(store, job_id)
     job_id, how = launch_features(store, request)
     print(f"{how} job {job_id} (log: {store.root / 'jobs' / (job_id + '.log')})")
@@ -360,8 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int)
     p.add_argument("--chunk-seconds", type=float)
     p.add_argument("--storage-dtype", choices=("float32", "float16"))
+    p.add_argument("--precision", choices=("float32", "bf16"),
+                   help="bf16: the batched CUDA path under bf16 autocast (the CPU loop always runs in float32)")
     p.add_argument("--detach", action="store_true", help="start the background job and return")
     p.add_argument("--inline", action="store_true", help="compute in this process instead of a background worker")
+    p.add_argument("--ray", metavar="ADDRESS", help="compute on a Ray cluster (HOST:PORT, auto, ray://HOST:10001, or "
+                   "local for this machine alone), driven from this process; needs requirements-ray.txt")
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("status", help="rows, features and jobs of a project")

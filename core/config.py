@@ -117,6 +117,7 @@ class FeatureSettings:
     warmup: WarmupArguments = field(default_factory=WarmupArguments)
     projection: ProjectionArguments = field(default_factory=ProjectionArguments)
     adam_eps: float = 1e-8  # Gamma = m' / sqrt(v' + eps), eps inside the root as in LESS's code
+    precision: str = "float32"  # "bf16": the CUDA batched path under bf16 autocast (the CPU loop stays float32)
     # Not part of any key: where and how fast the work runs.
     device: str = "auto"
     batch_size: int = 8  # examples per batched backward on CUDA (the CPU loop is one example at a time)
@@ -127,6 +128,8 @@ class FeatureSettings:
     def __post_init__(self) -> None:
         if self.max_tokens < 8:
             raise ValueError(f"max_tokens must be >= 8 (got {self.max_tokens})")
+        if self.precision not in ("float32", "bf16"):
+            raise ValueError(f"precision must be float32 or bf16 (got {self.precision!r})")
         if self.storage_dtype not in ("float32", "float16"):
             raise ValueError("storage_dtype must be float32 or float16")
 

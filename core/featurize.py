@@ -8,21 +8,23 @@ appears in two projects, or in a longer ``--limit`` later, is never computed twi
 key covers the model, LoRA, template, warmup arguments and the content of the rows it trains on.
 
 ``run_features`` does the work and writes it in chunks (see ``Store.write_chunk``): a killed job resumes from
-its last finished chunk, and a row that fails is recorded with its error while the job goes on.
+its last finished chunk, and a row that fails is recorded with its error while the job goes on.  Its parts are
+shared with the Ray driver (``core.distributed``): ``prepare_run`` (plan, encode, warmup), ``FeatureEngine``
+(a model set to a checkpoint, yielding ``FeatureChunk``s) and ``store_chunk`` (write, report, honour a cancel).
 """
 from __future__ import annotations
 
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from core.config import FeatureSettings, stable_hash
-from core.gradients import HookGradientComputer, adam_features, flat_moments, make_gradient_computer
-from core.lora import Checkpoint, add_lora, save_checkpoint, train_warmup, warmup_sample
+from core.gradients import GradientComputer, HookGradientComputer, adam_features, flat_moments, make_gradient_computer
+from core.lora import add_lora, apply_checkpoint, read_checkpoint, save_checkpoint, train_warmup, warmup_sample
 from core.modeling import (
     EncodedRow,
     encode_messages,
@@ -33,7 +35,7 @@ from core.modeling import (
     resolve_model,
     template_key,
 )
-from core.projection import make_projector
+from core.projection import Projector, make_projector
 from core.store import FeatureRowEntry, RowKey, Store, StoredRow
 
 GRADIENT_TYPES = {"pool": "adam", "targets": "sgd"}
@@ -115,6 +117,9 @@ def plan_features(store: Store, project: str, settings: FeatureSettings, limit: 
     for checkpoint in checkpoints:
         for role, gradient_type in GRADIENT_TYPES.items():
             numbers = [base, checkpoint.key, gradient_type, projection, settings.adam_eps if gradient_type == "adam" else None]
+            # bf16 gives other numbers on CUDA (on CPU the same, but a Ray run's workers may be GPUs): its own key.
+            if settings.precision != "float32":  # (float32 keys stay what they were before the setting existed)
+                numbers.append(settings.precision)
             configs.append(FeatureConfig(stable_hash(numbers), role, gradient_type, checkpoint))
     rows = {"pool": pool[:limit] if limit else pool, "targets": targets}
     plan = FeaturePlan(project, settings, device.type, mkey, tkey, run_key, positions, warmup_hashes, checkpoints,
@@ -171,13 +176,151 @@ class Progress:
     def fields(self) -> dict:
         return {"done": self.done, "total": self.total, "errors": self.errors, "phase": self.phase, "rate": self.rate}
 
+    def add(self, chunk: "FeatureChunk") -> None:
+        self.done += chunk.rows
+        self.errors += len(chunk.errors)
+        self.tokens += chunk.tokens
+
 
 class Cancelled(Exception):
     pass
 
 
+@dataclass
+class FeatureChunk:
+    """One chunk of a feature config's rows, computed but not yet stored: what ``Store.write_chunk`` takes.
+
+    A plain value (numpy, dataclasses, strings), so that a Ray worker can compute it and return it to the
+    process that owns the store."""
+
+    matrix: np.ndarray  # [len(entries), projection dim] float32
+    entries: list[FeatureRowEntry]
+    errors: list[tuple[str, str]]  # (content hash, why the row has no feature)
+
+    @property
+    def rows(self) -> int:
+        return len(self.entries) + len(self.errors)
+
+    @property
+    def tokens(self) -> int:
+        return sum(entry.n_tokens for entry in self.entries)
+
+
 def _encode_all(tokenizer, rows: list[StoredRow], max_tokens: int) -> dict[str, EncodedRow]:
     return {row.content_hash: encode_messages(tokenizer, row.messages, max_tokens) for row in rows}
+
+
+@dataclass
+class PreparedRun:
+    """A feature job after planning, encoding and the warmup: what is left is computing ``plan.missing``."""
+
+    plan: FeaturePlan
+    progress: Progress
+    encoded: dict[str, EncodedRow]  # content hash -> encoded row, for every missing (and warmup) row
+    pad_id: int
+    device: torch.device
+    model: Any | None  # the LoRA model, when this process loaded one (always for a local run)
+
+
+def prepare_run(
+    store: Store,
+    project: str,
+    settings: FeatureSettings,
+    limit: int | None,
+    job_id: str,
+    should_cancel: Callable[[], bool],
+    report: Callable[[Progress], None],
+    log: Callable[[str], None],
+    load_for_features: bool = True,
+) -> PreparedRun:
+    """Plan, encode the rows still to compute, and train the warmup checkpoints that are missing.
+
+    Shared by the local job and the Ray driver, so a checkpoint is trained once, here, and stored like any
+    other.  With ``load_for_features=False`` (the Ray driver) the model is loaded only if a warmup has to run."""
+    resolved = resolve_model(settings.model)
+    tokenizer = load_tokenizer(resolved)
+    plan = plan_features(store, project, settings, limit, tokenizer=tokenizer)
+    warmup_by_hash = store.rows_by_hash(project, "pool", plan.warmup_hashes) if plan.missing_checkpoints else {}
+    warmup_rows = [warmup_by_hash[h] for h in plan.warmup_hashes] if plan.missing_checkpoints else []
+    warmup_units = len(warmup_rows) * settings.warmup.epochs if plan.missing_checkpoints else 0
+    progress = Progress(total=warmup_units + plan.rows_to_compute)
+    needs_model = load_for_features or bool(plan.missing_checkpoints)
+    progress.phase = "loading model" if needs_model else "encoding rows"
+    report(progress)
+    device = torch.device(plan.device)
+    if plan.complete:
+        return PreparedRun(plan, progress, {}, tokenizer.pad_token_id, device, None)
+
+    model = add_lora(load_model(resolved, device), settings.lora) if needs_model else None
+    encoded = _encode_all(tokenizer, [r for rows in plan.missing.values() for r in rows] + warmup_rows, settings.max_tokens)
+    if plan.missing_checkpoints:
+        _run_warmup(store, plan, model, [encoded[r.content_hash] for r in warmup_rows], tokenizer.pad_token_id,
+                    job_id, progress, report, should_cancel, log)
+        progress.done = warmup_units
+    return PreparedRun(plan, progress, encoded, tokenizer.pad_token_id, device, model)
+
+
+def _run_warmup(store: Store, plan: FeaturePlan, model, warmup_rows: list[EncodedRow], pad_id: int, job_id: str,
+                progress: Progress, report, should_cancel, log) -> None:
+    """Train the warmup and store the planned checkpoints (each renamed into place once complete)."""
+    settings = plan.settings
+    progress.phase = "warmup"
+    trainable = [row for row in warmup_rows if row.error is None]
+    wanted = {c.epoch: c for c in plan.checkpoints}
+    log(f"warmup: {len(trainable)} rows x {settings.warmup.epochs} epoch(s), lr {settings.warmup.learning_rate}")
+
+    def save_epoch(epoch, step, learning_rate, optimizer):
+        if epoch not in wanted:
+            return
+        checkpoint = wanted[epoch]
+        target = store.checkpoint_dir(checkpoint.key)
+        staging = target.with_name(target.name + f".tmp-{job_id}")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_checkpoint(staging, model, optimizer, {"epoch": epoch, "step": step, "learning_rate": learning_rate, "run_key": plan.warmup_run_key})
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        store.add_checkpoint(checkpoint.key, plan.warmup_run_key, epoch, step, learning_rate, target)
+
+    def warmup_progress(done, total):
+        progress.done = done
+        if done % max(1, settings.warmup.batch_size) == 0:
+            report(progress)
+        if should_cancel():
+            raise Cancelled()
+
+    if settings.warmup.epochs == 0:
+        save_epoch(0, 0, 0.0, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]))
+    else:
+        train_warmup(model, trainable, settings.warmup, pad_id, save_epoch, warmup_progress)
+
+
+def prepare_config(store: Store, plan: FeaturePlan, config: FeatureConfig, job_id: str, log: Callable[[str], None]) -> None:
+    """Before a config's first chunk of this job: register it, and clear what an earlier killed job left behind."""
+    settings = plan.settings
+    store.register_feature_config(
+        config.key, config.gradient_type, config.checkpoint.key, settings.projection.dim, settings.storage_dtype,
+        {**_base_description(settings, plan.model_key, plan.template_key), "role": config.role,
+         "epoch": config.checkpoint.epoch, "projection": asdict(settings.projection)},
+    )
+    store.remove_orphan_chunks(config.key, job_id)
+    dropped = store.drop_damaged_chunks(config.key)  # planning counted their rows as missing
+    if dropped:
+        log(f"{config.role}: {dropped} rows in damaged or missing chunk files are computed again")
+
+
+def config_phase(config: FeatureConfig) -> str:
+    return f"{config.role} features ({config.gradient_type}, checkpoint epoch {config.checkpoint.epoch})"
+
+
+def store_chunk(store: Store, config: FeatureConfig, job_id: str, chunk: FeatureChunk, settings: FeatureSettings,
+                progress: Progress, report: Callable[[Progress], None], should_cancel: Callable[[], bool]) -> None:
+    """Write one finished chunk (with the job's progress in the same transaction), report, then honour a cancel."""
+    progress.add(chunk)
+    store.write_chunk(config.key, job_id, chunk.matrix, chunk.entries, chunk.errors, settings.storage_dtype,
+                      (job_id, progress.fields()))
+    report(progress)
+    if should_cancel():
+        raise Cancelled()
 
 
 def run_features(
@@ -192,78 +335,23 @@ def run_features(
 ) -> FeaturePlan:
     """Compute every missing feature of the plan; resumable at chunk granularity."""
 
-    resolved = resolve_model(settings.model)
-    tokenizer = load_tokenizer(resolved)
-    plan = plan_features(store, project, settings, limit, tokenizer=tokenizer)
-    warmup_by_hash = store.rows_by_hash(project, "pool", plan.warmup_hashes) if plan.missing_checkpoints else {}
-    warmup_rows = [warmup_by_hash[h] for h in plan.warmup_hashes] if plan.missing_checkpoints else []
-    warmup_units = len(warmup_rows) * settings.warmup.epochs if plan.missing_checkpoints else 0
-    progress = Progress(total=warmup_units + plan.rows_to_compute)
-    progress.phase = "loading model"
-    report(progress)
+    run = prepare_run(store, project, settings, limit, job_id, should_cancel, report, log)
+    plan, progress = run.plan, run.progress
     if plan.complete:
         return plan
-
-    device = torch.device(plan.device)
-    model = add_lora(load_model(resolved, device), settings.lora)
-    pad_id = tokenizer.pad_token_id
-    encoded = _encode_all(tokenizer, [r for rows in plan.missing.values() for r in rows] + warmup_rows, settings.max_tokens)
-
-    if plan.missing_checkpoints:
-        progress.phase = "warmup"
-        trainable = [encoded[r.content_hash] for r in warmup_rows if encoded[r.content_hash].error is None]
-        wanted = {c.epoch: c for c in plan.checkpoints}
-        log(f"warmup: {len(trainable)} rows x {settings.warmup.epochs} epoch(s), lr {settings.warmup.learning_rate}")
-
-        def save_epoch(epoch, step, learning_rate, optimizer):
-            if epoch not in wanted:
-                return
-            checkpoint = wanted[epoch]
-            target = store.checkpoint_dir(checkpoint.key)
-            staging = target.with_name(target.name + f".tmp-{job_id}")
-            shutil.rmtree(staging, ignore_errors=True)
-            save_checkpoint(staging, model, optimizer, {"epoch": epoch, "step": step, "learning_rate": learning_rate, "run_key": plan.warmup_run_key})
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-            store.add_checkpoint(checkpoint.key, plan.warmup_run_key, epoch, step, learning_rate, target)
-
-        def warmup_progress(done, total):
-            progress.done = done
-            if done % max(1, settings.warmup.batch_size) == 0:
-                report(progress)
-            if should_cancel():
-                raise Cancelled()
-
-        if settings.warmup.epochs == 0:
-            save_epoch(0, 0, 0.0, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]))
-        else:
-            train_warmup(model, trainable, settings.warmup, pad_id, save_epoch, warmup_progress)
-        progress.done = warmup_units
-
-    computer = make_gradient_computer(model, pad_id, device)
-    size = BatchSize(settings.batch_size if isinstance(computer, HookGradientComputer) else 1, log)
-    projector = make_projector(settings.projection)
+    engine = FeatureEngine.build(run.model, run.pad_id, run.device, settings, log)
     progress.done_at_start, progress.started = progress.done, time.monotonic()
     tokens_started = time.monotonic()
     for config in plan.configs:
         todo = plan.missing[config.key]
         if not todo:
             continue
-        store.register_feature_config(
-            config.key, config.gradient_type, config.checkpoint.key, settings.projection.dim, settings.storage_dtype,
-            {**_base_description(settings, plan.model_key, plan.template_key), "role": config.role,
-             "epoch": config.checkpoint.epoch, "projection": asdict(settings.projection)},
-        )
-        store.remove_orphan_chunks(config.key, job_id)
-        dropped = store.drop_damaged_chunks(config.key)  # planning counted their rows as missing
-        if dropped:
-            log(f"{config.role}: {dropped} rows in damaged or missing chunk files are computed again")
-        record = store.checkpoint(config.checkpoint.key)
-        moments = Checkpoint(record["key"], record["epoch"], record["step"], record["learning_rate"], record["path"]).load_into(model)
-        exp_avg, exp_avg_sq = flat_moments(model, moments) if config.gradient_type == "adam" else (None, None)
-        progress.phase = f"{config.role} features ({config.gradient_type}, checkpoint epoch {config.checkpoint.epoch})"
+        prepare_config(store, plan, config, job_id, log)
+        engine.use_checkpoint(config.gradient_type, *read_checkpoint(store.checkpoint(config.checkpoint.key)["path"]))
+        progress.phase = config_phase(config)
         report(progress)
-        _compute_config(store, config, todo, encoded, computer, projector, exp_avg, exp_avg_sq, settings, job_id, progress, report, should_cancel, size)
+        for chunk in engine.chunks(todo, run.encoded, settings):
+            store_chunk(store, config, job_id, chunk, settings, progress, report, should_cancel)
     if progress.tokens:
         store.record_throughput(plan.device, plan.model_key, progress.tokens / max(1e-9, time.monotonic() - tokens_started))
     refresh_plan(store, plan)
@@ -284,51 +372,74 @@ class BatchSize:
             self.value = smaller
 
 
-def _compute_config(store, config, todo, encoded, computer, projector, exp_avg, exp_avg_sq, settings, job_id, progress, report, should_cancel, size: BatchSize):
-    # On CUDA, similar lengths share a batch (less padding); on CPU the loop keeps the stored order.
-    order = sorted(todo, key=lambda r: encoded[r.content_hash].n_tokens) if size.value > 1 else todo
-    features: list[np.ndarray] = []
-    entries: list[FeatureRowEntry] = []
-    errors: list[tuple[str, str]] = []
-    chunk_started = time.monotonic()
+@dataclass
+class FeatureEngine:
+    """A LoRA model and what turns its per-example gradients into projected features, set to one checkpoint.
 
-    def flush():
-        nonlocal features, entries, errors, chunk_started
-        matrix = np.stack(features) if features else np.zeros((0, settings.projection.dim), np.float32)
-        store.write_chunk(config.key, job_id, matrix, entries, errors, settings.storage_dtype, (job_id, progress.fields()))
-        report(progress)
-        features, entries, errors, chunk_started = [], [], [], time.monotonic()
-        if should_cancel():
-            raise Cancelled()
+    The local job and every Ray worker compute through this, so both give the same numbers."""
 
-    position = 0
-    while position < len(order):
-        batch = []
-        while position < len(order) and len(batch) < size.value:
-            row = order[position]
-            position += 1
-            enc = encoded[row.content_hash]
-            if enc.error:
-                errors.append((row.content_hash, enc.error))
-                progress.done += 1
-                progress.errors += 1
-            else:
-                batch.append(row)
-        if batch:
-            for row, result in zip(batch, _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings, size)):
-                progress.done += 1
-                if isinstance(result, str):
-                    errors.append((row.content_hash, result))
-                    progress.errors += 1
-                    continue
+    model: Any
+    computer: GradientComputer
+    projector: Projector
+    size: BatchSize
+    exp_avg: torch.Tensor | None = None  # the checkpoint's flat Adam moments, for "adam" features
+    exp_avg_sq: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, model, pad_id: int, device: torch.device, settings: FeatureSettings, log: Callable[[str], None]) -> "FeatureEngine":
+        computer = make_gradient_computer(model, pad_id, device, settings.precision)
+        size = BatchSize(settings.batch_size if isinstance(computer, HookGradientComputer) else 1, log)
+        return cls(model, computer, make_projector(settings.projection), size)
+
+    def use_checkpoint(self, gradient_type: str, weights: dict[str, torch.Tensor], moments: dict[str, torch.Tensor]) -> None:
+        """Load a checkpoint's LoRA weights (``lora.read_checkpoint``'s tensors); keep its moments for Adam features."""
+        by_name = apply_checkpoint(self.model, weights, moments)
+        self.exp_avg, self.exp_avg_sq = flat_moments(self.model, by_name) if gradient_type == "adam" else (None, None)
+
+    def chunks(self, todo: Sequence[RowKey | StoredRow], encoded: Mapping[str, EncodedRow],
+               settings: FeatureSettings) -> Iterator[FeatureChunk]:
+        """The features of ``todo`` in chunks of ``settings.chunk_rows`` rows or ``chunk_seconds`` seconds.
+
+        A chunk's clock restarts when the caller asks for the next one, so the time spent storing a chunk
+        does not count against the next."""
+        # On CUDA, similar lengths share a batch (less padding); on CPU the loop keeps the stored order.
+        order = sorted(todo, key=lambda r: encoded[r.content_hash].n_tokens) if self.size.value > 1 else todo
+        features: list[np.ndarray] = []
+        entries: list[FeatureRowEntry] = []
+        errors: list[tuple[str, str]] = []
+        chunk_started = time.monotonic()
+
+        def chunk() -> FeatureChunk:
+            matrix = np.stack(features) if features else np.zeros((0, settings.projection.dim), np.float32)
+            return FeatureChunk(matrix, entries, errors)
+
+        position = 0
+        while position < len(order):
+            batch = []
+            while position < len(order) and len(batch) < self.size.value:
+                row = order[position]
+                position += 1
                 enc = encoded[row.content_hash]
-                entries.append(FeatureRowEntry(row.content_hash, len(features), float(np.linalg.norm(result)), enc.n_tokens, enc.truncated))
-                features.append(result)
-                progress.tokens += enc.n_tokens
-        if len(entries) + len(errors) >= settings.chunk_rows or time.monotonic() - chunk_started >= settings.chunk_seconds:
-            flush()
-    if entries or errors:
-        flush()
+                if enc.error:
+                    errors.append((row.content_hash, enc.error))
+                else:
+                    batch.append(row)
+            if batch:
+                results = _features_for(batch, encoded, self.computer, self.projector, self.exp_avg, self.exp_avg_sq,
+                                        settings, self.size)
+                for row, result in zip(batch, results):
+                    if isinstance(result, str):
+                        errors.append((row.content_hash, result))
+                        continue
+                    enc = encoded[row.content_hash]
+                    entries.append(FeatureRowEntry(row.content_hash, len(features), float(np.linalg.norm(result)), enc.n_tokens, enc.truncated))
+                    features.append(result)
+            if len(entries) + len(errors) >= settings.chunk_rows or time.monotonic() - chunk_started >= settings.chunk_seconds:
+                yield chunk()
+                features, entries, errors = [], [], []
+                chunk_started = time.monotonic()
+        if entries or errors:
+            yield chunk()
 
 
 def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings, size: BatchSize | None = None) -> list:

