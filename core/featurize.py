@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from core.config import FeatureSettings, stable_hash
-from core.gradients import GradientComputer, HookGradientComputer, adam_features, flat_moments, make_gradient_computer
+from core.gradients import GradientComputer, HookGradientComputer, flat_moments, make_gradient_computer, project_features
 from core.lora import add_lora, apply_checkpoint, read_checkpoint, save_checkpoint, train_warmup, warmup_sample
 from core.modeling import (
     EncodedRow,
@@ -450,10 +450,7 @@ def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, sett
     size = size or BatchSize(len(batch))
     rows = [encoded[r.content_hash] for r in batch]
     try:
-        grads = computer.gradients(rows)
-        if exp_avg is not None:
-            grads = adam_features(grads, exp_avg, exp_avg_sq, eps=settings.adam_eps)
-        projected = projector.project(grads).cpu().numpy()
+        projected = project_features(computer, rows, projector, exp_avg, exp_avg_sq, settings.adam_eps).cpu().numpy()
     except torch.cuda.OutOfMemoryError:  # (a RuntimeError: caught first) retried below, once the frames are gone
         projected = None
     except (RuntimeError, ValueError) as error:
@@ -461,7 +458,6 @@ def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, sett
             return [r for row in batch for r in _features_for([row], encoded, computer, projector, exp_avg, exp_avg_sq, settings, size)]
         return [f"gradient failed: {error}"]
     if projected is None:
-        grads = None
         torch.cuda.empty_cache()  # the failed batch's tensors are free now that the exception is gone
         if len(batch) == 1:
             return [f"out of GPU memory even for a single example ({rows[0].n_tokens} tokens): lower --max-tokens"]

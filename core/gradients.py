@@ -17,7 +17,7 @@ Target rows keep their plain SGD gradient.
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 
@@ -70,6 +70,24 @@ class HookGradientComputer:
             raise ValueError(f"trainable parameters outside LoRA Linear layers: {sorted(missing)[:3]}")
 
     def gradients(self, rows: Sequence[EncodedRow]) -> torch.Tensor:
+        return torch.cat([piece for _, piece in self.gradient_pieces(rows)], dim=1)
+
+    def gradient_pieces(self, rows: Sequence[EncodedRow]) -> Iterator[tuple[int, torch.Tensor]]:
+        """The batch's per-example gradients one LoRA module at a time: ``(first coordinate, [B, n])``.
+
+        One forward+backward for the batch (done before the first piece), then each module's per-example
+        product is made only when asked for, so a consumer that projects and drops each piece never holds the
+        full [B, D] gradient (for large ranks it is the dominant memory: LoGra's point; see ``project_features``)."""
+        captured = self._capture(rows)
+        start = 0
+        for name, param in self.params:
+            inputs, output_grads = captured.pop(name)  # the activations go as soon as their piece is made
+            per_example = torch.einsum("bto,bti->boi", output_grads.float(), inputs.float()).reshape(len(rows), -1)
+            yield start, per_example
+            start += param.numel()
+
+    def _capture(self, rows: Sequence[EncodedRow]) -> dict[str, list]:
+        """Each LoRA Linear's input activations and output gradients for the batch: {name: [inputs, grads]}."""
         captured: dict[str, list] = {name: [None, None] for name in self.linears}
 
         def make_hook(name):
@@ -94,12 +112,7 @@ class HookGradientComputer:
         finally:
             for handle in handles:
                 handle.remove()
-        pieces = []
-        for name, _ in self.params:
-            inputs, output_grads = captured[name]
-            per_example = torch.einsum("bto,bti->boi", output_grads.float(), inputs.float())
-            pieces.append(per_example.reshape(len(rows), -1))
-        return torch.cat(pieces, dim=1)
+        return captured
 
 
 PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
@@ -111,6 +124,36 @@ def make_gradient_computer(model, pad_id: int, device: torch.device, precision: 
     if device.type == "cuda":
         return HookGradientComputer(model, pad_id, autocast=PRECISIONS[precision])
     return LoopGradientComputer(model, pad_id)
+
+
+def project_features(computer: GradientComputer, rows: Sequence[EncodedRow], projector, exp_avg: torch.Tensor | None,
+                     exp_avg_sq: torch.Tensor | None, eps: float = 1e-8) -> torch.Tensor:
+    """Projected features of a batch: Adam-aware (``adam_features``) when the checkpoint's moments are given, else
+    the plain SGD gradient, projected to ``projector.dim``.
+
+    With a computer that yields its gradient module by module (``gradient_pieces``, the batched CUDA path) and a
+    projector that takes pieces (``project_pieces``, the sparse JL), each module's piece is transformed and
+    projected on its own, so at most one module's per-example gradient exists at a time -- the same numbers as
+    the full gradient (Adam's formula is element-wise, the sparse JL coordinate-wise).  LoGra instead factorises
+    the projection (P_out^T G P_in) and never forms even one module's gradient, but that only works for a linear
+    map of the raw gradient: LESS/G2IS's Adam-aware pool features m'/sqrt(v' + eps) are non-linear in it, so we
+    stream exact pieces rather than approximate the features.  Other computers or projectors: the whole gradient."""
+    pieces_of = getattr(computer, "gradient_pieces", None)
+    if pieces_of is None or not hasattr(projector, "project_pieces"):
+        grads = computer.gradients(rows)
+        if exp_avg is not None:
+            grads = adam_features(grads, exp_avg, exp_avg_sq, eps=eps)
+        return projector.project(grads)
+    dim = exp_avg.numel() if exp_avg is not None else sum(p.numel() for _, p in computer.params)
+
+    def pieces():
+        for start, piece in pieces_of(rows):
+            if exp_avg is not None:
+                stop = start + piece.shape[1]
+                piece = adam_features(piece, exp_avg[start:stop], exp_avg_sq[start:stop], eps=eps)
+            yield start, piece
+
+    return projector.project_pieces(pieces(), dim)
 
 
 def flat_moments(model, moments: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ Twister seeded per block from the same hash; torch is pinned, and blocks are alw
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import numpy as np
 import torch
@@ -71,11 +71,26 @@ class CountSketchProjector:
         return self._hashes[key]
 
     def project(self, grads: torch.Tensor) -> torch.Tensor:
-        grads = grads.to(torch.float32)
-        buckets, signs = self.hashes(grads.shape[1], grads.device)
-        out = torch.zeros(grads.shape[0], self.dim, dtype=torch.float32, device=grads.device)
-        for j in range(self.sparsity):
-            out.index_add_(1, buckets[j], grads * signs[j])
+        return self.project_pieces([(0, grads)], grads.shape[1])
+
+    def project_pieces(self, pieces: Iterable[tuple[int, torch.Tensor]], input_dim: int) -> torch.Tensor:
+        """The projection of a ``input_dim``-dimensional input given as consecutive column pieces
+        ``(start, values[B, n])``, each consumed (and free to go) before the next is made.
+
+        A sparse JL sends each coordinate to its own buckets, so adding piece by piece gives the projection of the
+        whole vector, with the additions in the same order (bit-identical on the CPU): a batch's full per-example
+        gradient [B, D] never has to exist (``HookGradientComputer.gradient_pieces`` yields one LoRA module's)."""
+        out = None
+        for start, values in pieces:
+            values = values.to(torch.float32)
+            if out is None:
+                out = torch.zeros(values.shape[0], self.dim, dtype=torch.float32, device=values.device)
+            buckets, signs = self.hashes(input_dim, values.device)
+            stop = start + values.shape[1]
+            for j in range(self.sparsity):
+                out.index_add_(1, buckets[j, start:stop], values * signs[j, start:stop])
+        if out is None:
+            raise ValueError("nothing to project: no pieces")
         if self.sparsity > 1:
             out /= math.sqrt(self.sparsity)
         return out

@@ -400,11 +400,11 @@ class OutOfMemoryAbove(HookGradientComputer):
     limit = 3
     attempts: list[int] = []
 
-    def gradients(self, rows):
+    def _capture(self, rows):  # the batched forward+backward, where a GPU runs out of memory
         type(self).attempts.append(len(rows))
         if len(rows) > self.limit:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of {len(rows)}")
-        return super().gradients(rows)
+        return super()._capture(rows)
 
 
 @pytest.mark.reliability("fault", "CUDA out of memory halves the batch (CPU check of the code path)")
@@ -414,7 +414,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, tiny_model_dir, mo
     settings = tiny_settings(tiny_model_dir, batch_size=8, chunk_rows=8)
     results = {}
     for name, computer in (("clean", HookGradientComputer), ("oom", OutOfMemoryAbove)):
-        monkeypatch.setattr(core.featurize, "make_gradient_computer", lambda model, pad, device, c=computer: c(model, pad))
+        monkeypatch.setattr(core.featurize, "make_gradient_computer", lambda model, pad, device, precision="float32", c=computer: c(model, pad))
         store = Store(tmp_path / name)
         make_project(tmp_path / name, store, n_pool=20)
         lines: list[str] = []

@@ -85,3 +85,16 @@ def test_rademacher_blocks_do_not_depend_on_block_boundaries_of_the_input():
     projector = RademacherProjector(128, seed=2, block_rows=300)
     a, b = _low_rank_gradients(2, 1000, seed=1)
     assert torch.allclose(projector.project(torch.stack([a + b]))[0], projector.project(torch.stack([a, b])).sum(0), atol=1e-4)
+
+
+@pytest.mark.parametrize("sparsity", [1, 4])
+def test_projecting_column_pieces_equals_projecting_the_whole_vector(sparsity):
+    """The streamed path (one LoRA module's gradient at a time) gives the bits of the whole vector's projection."""
+    grads = torch.randn(5, 3001, generator=torch.Generator().manual_seed(4))
+    projector = CountSketchProjector(512, seed=9, sparsity=sparsity)
+    cuts = [0, 7, 1000, 1001, 2999, 3001]
+    pieces = ((start, grads[:, start:stop]) for start, stop in zip(cuts, cuts[1:]))
+    streamed = projector.project_pieces(pieces, grads.shape[1])
+    assert torch.equal(streamed, projector.project(grads))
+    with pytest.raises(ValueError, match="no pieces"):
+        projector.project_pieces(iter(()), 10)
