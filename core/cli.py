@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--warmup-checkpoints", choices=("last", "all"))
     p.add_argument("--device", help="auto (default), cpu, cuda")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="most examples per batched backward on CUDA (default 32; fewer "
+                   "once a batch runs out of GPU memory: the cap on padded tokens is learned)")
     p.add_argument("--chunk-rows", type=int)
     p.add_argument("--chunk-seconds", type=float)
     p.add_argument("--storage-dtype", choices=("float32", "float16"))

@@ -120,7 +120,9 @@ class FeatureSettings:
     precision: str = "float32"  # "bf16": the CUDA batched path under bf16 autocast (the CPU loop stays float32)
     # Not part of any key: where and how fast the work runs.
     device: str = "auto"
-    batch_size: int = 8  # examples per batched backward on CUDA (the CPU loop is one example at a time)
+    # At most this many examples per batched backward on CUDA; fewer once a batch runs out of memory (the
+    # padded-token cap featurize.BatchSize learns).  The CPU loop takes one example at a time.
+    batch_size: int = 32
     chunk_rows: int = 256  # a chunk is flushed after this many rows ...
     chunk_seconds: float = 5.0  # ... or this many seconds, whichever comes first (bounds lost work and cancel latency)
     storage_dtype: str = "float32"

@@ -360,16 +360,25 @@ def run_features(
 
 @dataclass
 class BatchSize:
-    """The examples per batched backward: halved for the rest of the job after a CUDA out-of-memory error."""
+    """How many examples go into one batched backward (the CUDA path): at most ``value`` rows, and, once a batch
+    has run out of GPU memory, at most ``tokens`` padded tokens (rows x the batch's longest row), half of what
+    failed.  Rows are sorted by length, so short rows keep large batches while long rows get small ones: the GPU's
+    out-of-memory errors find the batch size, and no setting has to be tuned per model or card."""
 
     value: int
     log: Callable[[str], None] = print
+    tokens: int | None = None
 
-    def halve(self, failed: int) -> None:
-        smaller = max(1, min(self.value, failed) // 2)
-        if smaller < self.value:
-            self.log(f"out of GPU memory with a batch of {failed}: continuing with batches of {smaller}")
-            self.value = smaller
+    def fits(self, rows: int, longest: int) -> bool:
+        return rows <= self.value and (self.tokens is None or rows * longest <= self.tokens)
+
+    def halve(self, failed: int, longest: int) -> None:
+        """After ``failed`` rows of up to ``longest`` tokens did not fit: half as many padded tokens from now on."""
+        cap = max(longest, failed * longest // 2)
+        if self.tokens is None or cap < self.tokens:
+            self.tokens = cap
+            self.log(f"out of GPU memory with a batch of {failed} rows x {longest} tokens: continuing with at most "
+                     f"{cap} padded tokens per batch ({max(1, cap // max(1, longest))} rows of this length)")
 
 
 @dataclass
@@ -416,14 +425,19 @@ class FeatureEngine:
         position = 0
         while position < len(order):
             batch = []
-            while position < len(order) and len(batch) < self.size.value:
+            longest = 0
+            while position < len(order):
                 row = order[position]
-                position += 1
                 enc = encoded[row.content_hash]
                 if enc.error:
                     errors.append((row.content_hash, enc.error))
-                else:
-                    batch.append(row)
+                    position += 1
+                    continue
+                if batch and not self.size.fits(len(batch) + 1, max(longest, enc.n_tokens)):
+                    break
+                batch.append(row)
+                longest = max(longest, enc.n_tokens)
+                position += 1
             if batch:
                 results = _features_for(batch, encoded, self.computer, self.projector, self.exp_avg, self.exp_avg_sq,
                                         settings, self.size)
@@ -461,10 +475,17 @@ def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, sett
         torch.cuda.empty_cache()  # the failed batch's tensors are free now that the exception is gone
         if len(batch) == 1:
             return [f"out of GPU memory even for a single example ({rows[0].n_tokens} tokens): lower --max-tokens"]
-        size.halve(len(batch))
+        size.halve(len(batch), max(row.n_tokens for row in rows))
         out, start = [], 0
-        while start < len(batch):  # size.value may shrink again inside
-            part = batch[start:start + size.value]
+        while start < len(batch):  # the cap may shrink again inside
+            part = [batch[start]]
+            longest = rows[start].n_tokens
+            while start + len(part) < len(batch):
+                following = rows[start + len(part)].n_tokens
+                if not size.fits(len(part) + 1, max(longest, following)):
+                    break
+                part.append(batch[start + len(part)])
+                longest = max(longest, following)
             out += _features_for(part, encoded, computer, projector, exp_avg, exp_avg_sq, settings, size)
             start += len(part)
         return out

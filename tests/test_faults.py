@@ -427,10 +427,64 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, tiny_model_dir, mo
     assert ids == clean_ids and len(ids) == 20  # no row lost
     assert np.allclose(oom_matrix, clean_matrix, rtol=1e-4, atol=1e-6)  # the same features in smaller batches
     assert attempts[:2] == [8, 4] and max(attempts[2:]) <= 2  # halved twice, and stays halved for later batches
-    assert "out of GPU memory with a batch of 8: continuing with batches of 4" in lines
-    assert "out of GPU memory with a batch of 4: continuing with batches of 2" in lines
+    halvings = [line for line in lines if line.startswith("out of GPU memory with a batch of")]
+    assert [line.split(" rows")[0].rsplit(" ", 1)[-1] for line in halvings] == ["8", "4"], lines
+    assert "continuing with at most" in halvings[0] and "(4 rows of this length)" in halvings[0]
+    assert "(2 rows of this length)" in halvings[1]
     observed.append(f"batch sizes tried: {attempts}")
     observed.append("log: " + "; ".join(line for line in lines if "GPU" in line))
+
+
+class OutOfMemoryAboveTokens(HookGradientComputer):
+    """The real batched computer, out of memory when a batch's padded tokens (rows x longest row) pass a budget,
+    as activation memory on a GPU does."""
+
+    budget = 60
+    batches: list[tuple[int, int]] = []  # (rows, longest) of each batch that fitted
+
+    def _capture(self, rows):
+        longest = max(row.n_tokens for row in rows)
+        if len(rows) * longest > self.budget:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {len(rows)} x {longest} tokens")
+        type(self).batches.append((len(rows), longest))
+        return super()._capture(rows)
+
+
+def test_batch_size_follows_row_length_once_memory_ran_out(tiny_model_dir):
+    """With no batch size to tune: after one out-of-memory error the padded-token cap lets short rows share big
+    batches and gives long rows small ones; every row gets the features a batch-of-one run gives."""
+    from core.featurize import FeatureEngine
+    from core.lora import add_lora
+    from core.modeling import EncodedRow, load_model, load_tokenizer, resolve_model
+    from core.store import RowKey
+
+    settings = tiny_settings(tiny_model_dir, batch_size=32, chunk_rows=1000)
+    resolved = resolve_model(settings.model)
+    pad_id = load_tokenizer(resolved).pad_token_id
+    model = add_lora(load_model(resolved), settings.lora)
+    lengths = [4] * 12 + [8] * 6 + [20] * 4  # short rows first, as the engine sorts them
+    generator = torch.Generator().manual_seed(0)
+    encoded, todo = {}, []
+    for i, n in enumerate(lengths):
+        ids = tuple(int(t) for t in torch.randint(5, 200, (n,), generator=generator))
+        encoded[f"h{i}"] = EncodedRow(ids, (False,) + (True,) * (n - 1), n)
+        todo.append(RowKey(i, f"r{i}", f"h{i}"))
+    lines: list[str] = []
+    OutOfMemoryAboveTokens.batches = []
+    engine = FeatureEngine.build(model, pad_id, torch.device("cpu"), settings, lines.append)
+    engine.computer = OutOfMemoryAboveTokens(model, pad_id)
+    engine.size.value = settings.batch_size  # (build gives the CPU loop batches of 1)
+    streamed = np.concatenate([chunk.matrix for chunk in engine.chunks(todo, encoded, settings)])
+    engine.computer, engine.size.value, engine.size.tokens = HookGradientComputer(model, pad_id), 1, None
+    one_by_one = np.concatenate([chunk.matrix for chunk in engine.chunks(todo, encoded, settings)])
+    assert np.allclose(streamed, one_by_one, rtol=1e-4, atol=1e-6)
+    batches = OutOfMemoryAboveTokens.batches
+    assert sum(rows for rows, _ in batches) == len(lengths)
+    assert all(rows * longest <= OutOfMemoryAboveTokens.budget for rows, longest in batches)
+    by_length = {longest: max(rows for rows, l in batches if l == longest) for _, longest in batches}
+    assert by_length[4] > by_length[8] > by_length[20] >= 1, batches
+    # The first batch was all 22 rows (padded to the longest, 20); a few halvings of the cap, then none.
+    assert lines[0].startswith("out of GPU memory with a batch of 22 rows x 20 tokens") and len(lines) <= 3, lines
 
 
 def test_out_of_memory_for_a_single_example_is_that_rows_error(tiny_model_dir):
@@ -448,7 +502,7 @@ def test_out_of_memory_for_a_single_example_is_that_rows_error(tiny_model_dir):
     size = BatchSize(4, log=lambda _: None)
     out = _features_for(rows, encoded, AlwaysOutOfMemory(), None, None, None, tiny_settings(tiny_model_dir), size)
     assert out == ["out of GPU memory even for a single example (3 tokens): lower --max-tokens"] * 4
-    assert size.value == 1
+    assert size.tokens == 3 and not size.fits(2, 3)  # one 3-token row per batch from now on
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here; the CPU test above runs the same code path")
@@ -488,7 +542,7 @@ def test_real_cuda_out_of_memory_halves_the_batch(tiny_model_dir, observed):
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     assert all(not isinstance(result, str) for result in out), [r for r in out if isinstance(r, str)][:2]
-    assert size.value < 32 and lines, lines
+    assert size.tokens is not None and lines, lines
     assert np.allclose(out[0], single[0], rtol=1e-3, atol=1e-5)
     observed.append(f"per-example peak {per_example / 2**20:.1f} MiB; " + "; ".join(lines))
 
