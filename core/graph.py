@@ -64,8 +64,9 @@ class GradientGraph:
         return int(self.conflicts.shape[1])
 
 
-def normalize_rows(features: np.ndarray, block_bytes: int = 32 * 2**20) -> np.ndarray:
+def normalize_rows(features: np.ndarray, block_bytes: int = 32 * 2**20, out: np.ndarray | None = None) -> np.ndarray:
     """L2-normalised float32 copy of ``features``; all-zero rows stay zero (cosine 0 with everything).
+    ``out=features`` (a float32 array) normalises in place: the same bits without a second matrix.
 
     Shared by the graph, G2IS, LESS and TSDS so that every method sees bit-identical unit rows.  Done in row
     blocks with float64 norms so a 20,000 x 8192 matrix needs no float64 copy of itself; a block's float64 copy
@@ -75,7 +76,10 @@ def normalize_rows(features: np.ndarray, block_bytes: int = 32 * 2**20) -> np.nd
     if features.ndim != 2:
         raise ValueError(f"features must be a 2-D array [rows, dim], got shape {features.shape}")
     block_rows = max(1, block_bytes // (8 * max(1, features.shape[1])))
-    out = np.empty(features.shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(features.shape, dtype=np.float32)
+    elif out.shape != features.shape or out.dtype != np.float32:
+        raise ValueError(f"out must be a float32 array of shape {features.shape}, got {out.dtype} {out.shape}")
     for start in range(0, features.shape[0], block_rows):
         block = np.asarray(features[start:start + block_rows], dtype=np.float64)
         norms = np.sqrt(np.einsum("ij,ij->i", block, block))

@@ -15,6 +15,7 @@ from conftest import REPO, chat_rows, write_jsonl
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
 from core.ingest import ingest_files
 from core.maps import layout_key
+from core.graph import normalize_rows
 from core.selection_runs import feature_index, load_project_features, row_text, run_selection
 from core.data_view import markdown_text
 from core.store import Store
@@ -179,7 +180,7 @@ def test_a_stored_walk_reopens_at_the_same_step_in_a_fresh_session_without_recom
     # The tiny model's gradients all point one way (no conflicts); seeded random features over the same rows make
     # the real walk meet conflicts too.  k=5 keeps its graph apart from the project's stored one.
     features = load_project_features(store, project)
-    pool = np.random.default_rng(0).standard_normal(features.pool.shape).astype(np.float32)
+    pool = normalize_rows(np.random.default_rng(0).standard_normal(features.pool.shape).astype(np.float32))
     random_features = dataclasses.replace(features, pool=pool, pool_by_checkpoint=[pool])
     older = run_selection(store, project, "g2is", budget=6, params={"delta": 0.8, "k": 5},
                           features=random_features).run_id

@@ -93,3 +93,29 @@ def test_select_reports_clear_errors(project_with_features, cache, capsys):
     assert "unknown parameter" in capsys.readouterr().err
     assert main(["select", "--project", project_with_features, "--method", "less", "--budget", "500"]) == 0
     assert "clipped to 60" in capsys.readouterr().out
+
+
+def test_project_features_are_normalised_once_and_every_method_picks_as_on_raw_features(explore_project):
+    """The pool is L2-normalised in place at load (no method makes its own copy); each method picks exactly the
+    rows it picks from the raw stored features."""
+    from core.graph import build_graph
+    from core.selection import select
+    from core.selection_runs import feature_index, load_project_features, project_graph
+
+    _, project = explore_project
+    store = Store()
+    features = load_project_features(store, project)
+    norms = np.linalg.norm(features.pool.astype(np.float64), axis=1)
+    assert np.allclose(norms[norms > 0], 1.0, atol=1e-6)
+    index = feature_index(store, project)
+    _, raw, _ = store.feature_matrix(project, "pool", index.config_keys["pool"][-1])  # the explore pool is in id order
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)  # the stored features are not unit: the test can fail
+    graph, _ = project_graph(store, features, k=8)
+    assert np.array_equal(graph.neighbors, build_graph(raw, k=8).neighbors)
+    context = {"g2is": {"graph": graph}, "less": {"target_groups": features.target_groups}}
+    for method in ("g2is", "less", "tsds-uniform", "tsds-kde"):
+        on_raw = select(method, raw, features.targets, 10, None, **context.get(method, {}))
+        on_unit = select(method, features.pool, features.targets, 10, None, pool_is_unit=True, **context.get(method, {}))
+        assert on_unit.rows == on_raw.rows and np.allclose(on_unit.scores, on_raw.scores), method
+    with pytest.raises(ValueError, match="needs the raw pool features"):
+        select("tsds-kde", features.pool, features.targets, 10, {"normalize": False}, pool_is_unit=True)

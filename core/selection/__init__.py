@@ -144,7 +144,9 @@ def select(
 
     ``context`` carries what is not a tunable parameter: ``graph`` (a ``core.graph.GradientGraph``) and
     ``on_event`` (a callable receiving each walk event) for g2is; ``target_groups`` (one label per target row)
-    for less and embedding; ``pool_texts`` / ``target_texts`` for embedding, which ignores the features.
+    for less and embedding; ``pool_texts`` / ``target_texts`` for embedding, which ignores the features;
+    ``pool_is_unit=True`` (every method) when the pool rows went through ``core.graph.normalize_rows`` already, so
+    no method makes its own normalised copy of a large pool.
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {sorted(METHODS)}")

@@ -15,7 +15,8 @@ RANDOM_DEFAULTS = {"seed": 0}
 EMBEDDING_DEFAULTS = {"batch_size": 64}
 
 
-def select_random(pool_features, target_features, budget, params=None, *, n_pool: int | None = None) -> SelectionResult:
+def select_random(pool_features, target_features, budget, params=None, *, n_pool: int | None = None,
+                  pool_is_unit: bool = False) -> SelectionResult:  # (the features' scale does not matter here)
     """``select("random", ...)``: the first ``budget`` entries of ``default_rng(seed).permutation(N)``.
 
     Targets are ignored.  N comes from the pool features or, without them, from ``n_pool``."""
@@ -33,7 +34,7 @@ def select_random(pool_features, target_features, budget, params=None, *, n_pool
 
 
 def select_embedding(pool_features, target_features, budget, params=None, *, pool_texts=None, target_texts=None,
-                     target_groups=None) -> SelectionResult:
+                     target_groups=None, pool_is_unit: bool = False) -> SelectionResult:  # (features unused)
     """``select("embedding", ...)``: top ``budget`` rows by MiniLM cosine to the target texts (features unused)."""
     from core.embeddings import embed_texts
     from core.selection.less import less_scores

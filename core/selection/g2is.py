@@ -551,17 +551,19 @@ def run_g2is(
     params: G2ISParams | dict | None = None,
     graph: GradientGraph | None = None,
     on_event: Callable | None = None,
+    pool_is_unit: bool = False,
 ) -> SelectionResult:
     """Prepare, walk, and collect.  Without ``on_event`` nobody sees rejected candidates, so they are not built."""
-    plan = prepare_walk(pool_features, target_features, budget, params, graph)
+    plan = prepare_walk(pool_features, target_features, budget, params, graph, pool_is_unit=pool_is_unit)
     record = plan.params.record_candidates and on_event is not None
     return result_from_events(plan, walk_events(plan, record_candidates=record), on_event)
 
 
-def select_g2is(pool_features, target_features, budget, params=None, *, graph=None, on_event=None) -> SelectionResult:
+def select_g2is(pool_features, target_features, budget, params=None, *, graph=None, on_event=None,
+                pool_is_unit: bool = False) -> SelectionResult:
     """``select("g2is", ...)``: validates inputs, clips the budget, runs the walk."""
     pool, targets = check_pool_and_targets(pool_features, target_features)
     budget, budget_notes = clip_budget(pool.shape[0], budget)
-    result = run_g2is(pool, targets, budget, params, graph, on_event)
+    result = run_g2is(pool, targets, budget, params, graph, on_event, pool_is_unit=pool_is_unit)
     result.notes[:0] = budget_notes
     return result

@@ -62,9 +62,11 @@ def less_scores(
     checkpoint_weights: Sequence[float] | None = None,
     target_groups: Sequence[str | None] | None = None,
     block_rows: int = 8192,
+    pool_is_unit: bool = False,
 ) -> LessScores:
     """LESS influence scores.  ``pool_features`` / ``target_features``: one [N, D] / [M, D] array, or equal-length
-    lists of them (one per checkpoint; D may differ between checkpoints)."""
+    lists of them (one per checkpoint; D may differ between checkpoints).  ``pool_is_unit``: the pool rows went
+    through ``normalize_rows`` already."""
     pools = _as_checkpoints("pool features", pool_features)
     targets = _as_checkpoints("target features", target_features)
     if len(pools) != len(targets):
@@ -93,17 +95,20 @@ def less_scores(
         stop = min(n, start + block_rows)
         block = np.zeros((stop - start, m), dtype=np.float32)
         for weight, pool, target_unit in zip(weights, pools, targets_unit):
-            block += np.float32(weight) * (normalize_rows(pool[start:stop]) @ target_unit.T)
+            unit = pool[start:stop] if pool_is_unit else normalize_rows(pool[start:stop])
+            block += np.float32(weight) * (unit @ target_unit.T)
         group_means[start:stop] = block @ averaging
     best = group_means.argmax(axis=1)  # first maximum on ties
     scores = group_means[np.arange(n), best]
     return LessScores(scores, best.astype(np.int64), group_means, group_names, [float(w) for w in weights])
 
 
-def select_less(pool_features, target_features, budget, params=None, *, target_groups=None) -> SelectionResult:
+def select_less(pool_features, target_features, budget, params=None, *, target_groups=None,
+                pool_is_unit: bool = False) -> SelectionResult:
     """``select("less", ...)``: the top ``budget`` rows by LESS score."""
     resolved = resolve_params(DEFAULTS, params, "less")
-    scored = less_scores(pool_features, target_features, resolved["checkpoint_weights"], target_groups)
+    scored = less_scores(pool_features, target_features, resolved["checkpoint_weights"], target_groups,
+                         pool_is_unit=pool_is_unit)
     budget, notes = clip_budget(scored.scores.shape[0], budget)
     rows = ranked_top(scored.scores, budget)
     reasons = [f"best group '{scored.group_names[scored.best_group[r]]}', mean cosine {scored.scores[r]:.2f}" for r in rows]

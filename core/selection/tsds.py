@@ -82,6 +82,7 @@ def tsds_distribution(
     max_K: int = 5000,
     kde_K: int = 1000,
     normalize: bool = True,
+    pool_is_unit: bool = False,
 ) -> TSDSDistribution:
     """TSDS's sampling distribution p over the pool (``sigma=0``: KNN-Uniform; ``sigma>0``: KNN-KDE)."""
     if not 0 <= alpha <= 1:
@@ -92,7 +93,10 @@ def tsds_distribution(
         raise ValueError(f"sigma must be >= 0 (0 = KNN-Uniform), got {sigma}")
     if max_K < 2 or kde_K < 1:
         raise ValueError(f"max_K must be >= 2 and kde_K >= 1, got max_K={max_K}, kde_K={kde_K}")
-    pool = normalize_rows(pool_features) if normalize else np.ascontiguousarray(pool_features, dtype=np.float32)
+    if normalize and not pool_is_unit:
+        pool = normalize_rows(pool_features)
+    else:  # unit already, or raw by request (a unit pool cannot be un-normalised: run_selection refuses that)
+        pool = np.ascontiguousarray(pool_features, dtype=np.float32)
     queries = normalize_rows(target_features) if normalize else np.ascontiguousarray(target_features, dtype=np.float32)
     n, m = pool.shape[0], queries.shape[0]
     if n == 1:
@@ -151,13 +155,18 @@ def tsds_distribution(
     return TSDSDistribution(probabilities, used, float(level), prefetch_k, kde_k, coverage)
 
 
-def _select(variant: str, defaults: dict, pool_features, target_features, budget, params) -> SelectionResult:
+def _select(variant: str, defaults: dict, pool_features, target_features, budget, params,
+            pool_is_unit: bool = False) -> SelectionResult:
     resolved = resolve_params(defaults, params, variant)
+    if pool_is_unit and not resolved["normalize"]:
+        raise ValueError(f"{variant} with normalize=False needs the raw pool features; these are L2-normalised "
+                         "(the app and the CLI always give TSDS normalised features)")
     pool, targets = check_pool_and_targets(pool_features, target_features)
     budget, notes = clip_budget(pool.shape[0], budget)
     sigma = resolved.get("sigma", 0.0)
     dist = tsds_distribution(pool, targets, alpha=resolved["alpha"], C=resolved["C"], sigma=sigma,
-                             max_K=resolved["max_K"], kde_K=resolved.get("kde_K", 1000), normalize=resolved["normalize"])
+                             max_K=resolved["max_K"], kde_K=resolved.get("kde_K", 1000), normalize=resolved["normalize"],
+                             pool_is_unit=pool_is_unit)
     rng = np.random.default_rng(resolved["seed"])
     p = dist.probabilities
     if resolved["with_replacement"]:
@@ -176,11 +185,11 @@ def _select(variant: str, defaults: dict, pool_features, target_features, budget
     return SelectionResult(variant, resolved, [int(r) for r in rows], [float(p[r]) for r in rows], reasons, notes, budget)
 
 
-def select_tsds_uniform(pool_features, target_features, budget, params=None) -> SelectionResult:
+def select_tsds_uniform(pool_features, target_features, budget, params=None, *, pool_is_unit: bool = False) -> SelectionResult:
     """``select("tsds-uniform", ...)``: KNN-Uniform (sigma = 0)."""
-    return _select("tsds-uniform", UNIFORM_DEFAULTS, pool_features, target_features, budget, params)
+    return _select("tsds-uniform", UNIFORM_DEFAULTS, pool_features, target_features, budget, params, pool_is_unit)
 
 
-def select_tsds_kde(pool_features, target_features, budget, params=None) -> SelectionResult:
+def select_tsds_kde(pool_features, target_features, budget, params=None, *, pool_is_unit: bool = False) -> SelectionResult:
     """``select("tsds-kde", ...)``: KNN-KDE."""
-    return _select("tsds-kde", KDE_DEFAULTS, pool_features, target_features, budget, params)
+    return _select("tsds-kde", KDE_DEFAULTS, pool_features, target_features, budget, params, pool_is_unit)
