@@ -39,6 +39,10 @@ from core.projection import Projector, make_projector
 from core.store import FeatureRowEntry, RowKey, Store, StoredRow
 
 GRADIENT_TYPES = {"pool": "adam", "targets": "sgd"}
+# Bump when a code change alters the numbers of features with unchanged settings (a loss or gradient fix): every
+# feature key then changes, so caches computed by the old code are not reused.  Version 1 adds nothing to the
+# keys, so caches made before this constant existed stay valid.
+FEATURE_CODE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ def plan_features(store: Store, project: str, settings: FeatureSettings, limit: 
     base = _base_description(settings, mkey, tkey)
     positions = warmup_sample(len(pool), settings.warmup, on_cpu=device.type == "cpu")
     warmup_hashes = [pool[i].content_hash for i in positions]
-    run_key = stable_hash([base, asdict(settings.warmup), warmup_hashes])
+    code = [["code", FEATURE_CODE_VERSION]] if FEATURE_CODE_VERSION > 1 else []
+    run_key = stable_hash([base, asdict(settings.warmup), warmup_hashes] + code)
     epochs = settings.warmup.epochs
     wanted = [epochs] if settings.warmup.checkpoints == "last" or epochs == 0 else list(range(1, epochs + 1))
     checkpoints = [CheckpointPlan(stable_hash([run_key, epoch]), epoch) for epoch in wanted]
@@ -120,6 +125,7 @@ def plan_features(store: Store, project: str, settings: FeatureSettings, limit: 
             # bf16 gives other numbers on CUDA (on CPU the same, but a Ray run's workers may be GPUs): its own key.
             if settings.precision != "float32":  # (float32 keys stay what they were before the setting existed)
                 numbers.append(settings.precision)
+            numbers += code
             configs.append(FeatureConfig(stable_hash(numbers), role, gradient_type, checkpoint))
     rows = {"pool": pool[:limit] if limit else pool, "targets": targets}
     plan = FeaturePlan(project, settings, device.type, mkey, tkey, run_key, positions, warmup_hashes, checkpoints,

@@ -95,6 +95,28 @@ def test_features_are_reproducible_and_shared_across_limits(tmp_path, cache, tin
     assert np.array_equal(first, second)  # same inputs, same seed: bit-identical features
 
 
+def test_feature_keys_follow_what_changes_the_numbers(tmp_path, cache, tiny_model_dir, monkeypatch):
+    """Same settings, same keys (the cache is found again); bf16 precision or a bumped FEATURE_CODE_VERSION give
+    other keys, so features computed otherwise are never mistaken for these; batch size does not change them."""
+    import core.featurize
+
+    store = Store()
+    make_project(tmp_path, store, n_pool=8)
+    settings = tiny_settings(tiny_model_dir)
+
+    def keys(**changes):
+        plan = plan_features(store, "p", settings.replace(**changes))
+        return [plan.warmup_run_key] + [c.key for c in plan.configs]
+
+    default = keys()
+    assert keys() == default and keys(batch_size=3) == default
+    bf16 = keys(precision="bf16")
+    assert bf16[0] == default[0] and not set(bf16[1:]) & set(default[1:])  # the same warmup, other features
+    monkeypatch.setattr(core.featurize, "FEATURE_CODE_VERSION", 2)
+    bumped = keys()
+    assert not set(bumped) & set(default) and not set(bumped) & set(bf16)
+
+
 def test_background_worker_and_bad_rows_are_recorded(tmp_path, cache, tiny_model_dir):
     store = Store()
     make_project(tmp_path, store, n_pool=12)
