@@ -137,6 +137,30 @@ def test_cancel_then_resume_computes_only_the_missing_rows(ray_cluster, referenc
     assert_nothing_computed_twice(store, tiny_model_dir)
 
 
+def test_resume_of_a_cancelled_ray_job_runs_a_background_driver(ray_cluster, reference, tmp_path, tiny_model_dir):
+    """``resume JOB`` (the CLI's and the Features page's) on a Ray job: a background worker process becomes the
+    driver of its own local Ray instance (the job's address is "local") and finishes the job."""
+    from core import jobs
+    from core.distributed import run_features_ray
+
+    store = new_project(tmp_path)
+    settings = tiny_settings(tiny_model_dir)
+    job_id = jobs.start_features_job(store, "p", settings, spawn=False, ray_address="local")
+    phases = []
+    with pytest.raises(Cancelled):  # the first part of the job, then a cancel (as `cancel JOB` would)
+        run_features_ray(store, "p", settings, address=None, job_id=job_id, log=lambda _: None, shard_rows=5,
+                         report=lambda progress: phases.append(progress.phase),
+                         should_cancel=lambda: any("Ray" in phase for phase in phases))
+    store.update_job(job_id, status="cancelled")
+    jobs.resume(store, job_id)
+    final = jobs.wait(store, job_id, timeout=300)
+    log = jobs.log_path(store, job_id).read_text(errors="replace")
+    assert final.status == "done", log[-3000:]
+    assert "Ray: " in log  # the background worker drove a Ray run, not a local one
+    assert_equals_reference(store, tiny_model_dir, reference)
+    assert_nothing_computed_twice(store, tiny_model_dir)
+
+
 def test_a_worker_with_other_model_files_refuses_to_compute(ray_cluster, tiny_model_dir):
     from core.distributed import Shard, WorkerSpec, _compute_shard, _shard_result
     from core.featurize import CheckpointPlan, FeatureConfig
