@@ -504,13 +504,3 @@ def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, sett
 def storage_bytes(plan: FeaturePlan) -> int:
     width = 2 if plan.settings.storage_dtype == "float16" else 4
     return plan.rows_to_compute * plan.settings.projection.dim * width
-
-
-def feature_summary(store: Store, plan: FeaturePlan) -> list[dict]:
-    weights = learning_rate_weights(store, plan)
-    out = []
-    for config in plan.configs:
-        counts = store.feature_progress(plan.project, config.role, config.key)
-        out.append({"config": config.key, "role": config.role, "gradient_type": config.gradient_type,
-                    "epoch": config.checkpoint.epoch, "lr_weight": weights.get(config.checkpoint.key), **counts})
-    return out
