@@ -168,3 +168,30 @@ class StreamlitPage:
         path = ARTIFACTS / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
         return path
+
+
+def module_marks() -> list:
+    """``pytestmark`` of a browser test module: a 300 s timeout, and a skip when there is no browser here, unless
+    ``G2IS_REQUIRE_BROWSER=1`` (CI), where the ``browser`` fixture fails instead.  Decided at collection: a
+    fixture's skip would come only after the session fixtures (tiny model, features) were built."""
+    import pytest
+
+    marks = [pytest.mark.timeout(300)]
+    reason = missing_browser_reason()
+    if reason and os.environ.get(REQUIRE_ENV) != "1":
+        marks.append(pytest.mark.skip(reason=reason))
+    return marks
+
+
+def module_browser():
+    """Body of a module-scoped ``browser`` fixture: one headless chromium for the whole module."""
+    import pytest
+    from playwright.sync_api import sync_playwright
+
+    reason = missing_browser_reason()
+    if reason:  # only reached under G2IS_REQUIRE_BROWSER=1 (else the module is skipped)
+        pytest.fail(f"{REQUIRE_ENV}=1 but {reason}")
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()

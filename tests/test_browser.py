@@ -21,17 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from browser import (ARTIFACTS, REQUIRE_ENV, AppServer, StreamlitPage, launch_chromium, missing_browser_reason)
+from browser import ARTIFACTS, AppServer, StreamlitPage, module_browser, module_marks
 from conftest import EXPLORE_PROJECT, REPO, chat_rows, write_jsonl
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
 from core.demo import DEMO_PROJECT
 from core.store import Store
 
-BROWSER_MISSING = missing_browser_reason()
-pytestmark = [pytest.mark.timeout(300)]
-if BROWSER_MISSING and os.environ.get(REQUIRE_ENV) != "1":
-    # Decided at collection: a fixture's skip would come only after the session fixtures (tiny model, features).
-    pytestmark.append(pytest.mark.skip(reason=BROWSER_MISSING))
+pytestmark = module_marks()
 
 # The workflow order of app/main.py; a page file nobody listed here yet is still opened (at the end).
 PAGE_ORDER = ["data", "features", "map", "graph", "walk", "compare", "export"]
@@ -89,14 +85,7 @@ def tiny_settings(model_dir) -> FeatureSettings:
 @pytest.fixture(scope="module")
 def browser():
     """One headless chromium (Debian's, driven by playwright) for the whole module."""
-    if BROWSER_MISSING:  # only reached under G2IS_REQUIRE_BROWSER=1 (else the module is skipped)
-        pytest.fail(f"{REQUIRE_ENV}=1 but {BROWSER_MISSING}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+    yield from module_browser()
 
 
 @pytest.fixture(scope="module")

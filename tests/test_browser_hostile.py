@@ -23,16 +23,13 @@ from urllib.parse import quote
 
 import pytest
 
-from browser import ARTIFACTS, REQUIRE_ENV, AppServer, StreamlitPage, launch_chromium, missing_browser_reason
+from browser import ARTIFACTS, AppServer, StreamlitPage, module_browser, module_marks
 from conftest import write_jsonl
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
 from core.demo import DEMO_PROJECT
 from core.store import Store
 
-BROWSER_MISSING = missing_browser_reason()
-pytestmark = [pytest.mark.timeout(300)]
-if BROWSER_MISSING and os.environ.get(REQUIRE_ENV) != "1":
-    pytestmark.append(pytest.mark.skip(reason=BROWSER_MISSING))
+pytestmark = module_marks()
 
 PWN = "window.__pwned=1;alert(1)"
 PAYLOADS = [
@@ -97,14 +94,8 @@ def hostile_rows() -> tuple[list[dict], list[dict]]:
 
 @pytest.fixture(scope="module")
 def browser():
-    if BROWSER_MISSING:
-        pytest.fail(f"{REQUIRE_ENV}=1 but {BROWSER_MISSING}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+    """One headless chromium (Debian's, driven by playwright) for the whole module."""
+    yield from module_browser()
 
 
 @pytest.fixture(scope="module")
