@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,14 @@ def pytest_sessionfinish(session, exitstatus):
     previous.update(_reliability_records)
     RELIABILITY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RELIABILITY_RESULTS.write_text(json.dumps(sorted(previous.values(), key=lambda r: (r["area"], r["test"])), indent=1))
+
+
+def wait_for(predicate, timeout: float, poll: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"{what} not reached within {timeout:.0f} s")

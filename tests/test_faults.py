@@ -33,7 +33,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, build_tiny_model, chat_rows, subprocess_env, write_jsonl
+from conftest import REPO, build_tiny_model, chat_rows, subprocess_env, wait_for, write_jsonl
 from core import jobs
 from core.cli import main
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
@@ -59,16 +59,6 @@ def make_project(folder: Path, store: Store, n_pool: int, project: str = "p", n_
     ingest_files(store, project, "targets", [write_jsonl(folder / f"{project}-targets.jsonl", chat_rows(n_targets, "target"))])
     if settings is not None:
         store.ensure_project(project, settings.to_dict())
-
-
-def wait_for(predicate, timeout: float, poll: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"{what} not reached within {timeout:.0f} s")
 
 
 def shown(markdown: str) -> str:

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, chat_rows, subprocess_env, write_jsonl
+from conftest import REPO, chat_rows, subprocess_env, wait_for, write_jsonl
 from core import jobs
 from core.cli import main
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
@@ -139,16 +138,6 @@ def test_background_worker_and_bad_rows_are_recorded(tmp_path, cache, tiny_model
     assert not final.alive
 
 
-def _wait_for(predicate, timeout: float, poll: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError("condition not reached in time")
-
-
 @pytest.mark.reliability("fault", "kill -9 of a feature job mid-chunk, then resume")
 def test_resume_after_kill_9_recomputes_nothing_and_loses_nothing(tmp_path, cache, tiny_model_dir, observed):
     store = Store()
@@ -161,10 +150,10 @@ def test_resume_after_kill_9_recomputes_nothing_and_loses_nothing(tmp_path, cach
     def chunks():
         return store.chunk_files(pool_key)
 
-    _wait_for(lambda: len(chunks()) >= 3, timeout=180)
+    wait_for(lambda: len(chunks()) >= 3, timeout=180)
     pid = store.job(job_id).pid
     os.killpg(pid, signal.SIGKILL)
-    _wait_for(lambda: not jobs.worker_alive(store, job_id), timeout=10)
+    wait_for(lambda: not jobs.worker_alive(store, job_id), timeout=10)
     assert jobs.job_view(store, job_id).status == "interrupted"
     before = {path: (Path(path).stat().st_mtime_ns, np.load(path).copy()) for path in chunks()}
     done_before = store.feature_progress("p", "pool", pool_key)["features"]
@@ -251,7 +240,7 @@ def test_cancel_then_resume(tmp_path, cache, tiny_model_dir):
     settings = tiny_settings(tiny_model_dir, chunk_rows=4, max_tokens=128)
     pool_key = plan_features(store, "p", settings).config_for("pool").key
     job_id = jobs.start_features_job(store, "p", settings)
-    _wait_for(lambda: len(store.chunk_files(pool_key)) >= 2, timeout=180)
+    wait_for(lambda: len(store.chunk_files(pool_key)) >= 2, timeout=180)
     jobs.cancel(store, job_id)
     cancelled = jobs.wait(store, job_id, timeout=60)
     assert cancelled.status == "cancelled" and cancelled.resumable
