@@ -66,8 +66,9 @@ def main() -> None:
 
     (pool, targets, labels), seconds = timed(clustered_features, args.rows, args.dim, return_labels=True)
     print(f"data: pool {pool.shape} float32 ({pool.nbytes / 2**30:.1f} GiB), targets {targets.shape}, in {seconds:.0f} s")
-    unit, normalize_seconds = timed(normalize_rows, pool)
-    del pool  # the walk reads the unit rows only
+    # In place, as core.selection_runs.load_project_features does: the walk reads unit rows only.
+    unit, normalize_seconds = timed(normalize_rows, pool, out=pool)
+    del pool
     print(f"normalise pool: {normalize_seconds:.1f} s")
     graph, graph_seconds = timed(within_cluster_graph, unit, labels, args.k)
     print(f"graph (exact within each of {len(np.unique(labels))} clusters, k={args.k}, k_neg=8; built once per feature "

@@ -397,7 +397,7 @@ class OutOfMemoryAbove(HookGradientComputer):
         return super()._capture(rows)
 
 
-@pytest.mark.reliability("fault", "CUDA out of memory halves the batch (CPU check of the code path)")
+@pytest.mark.reliability("fault", "CUDA out of memory shrinks the batch (CPU check of the code path)")
 def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, tiny_model_dir, monkeypatch, observed):
     import core.featurize
 
@@ -496,7 +496,7 @@ def test_out_of_memory_for_a_single_example_is_that_rows_error(tiny_model_dir):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here; the CPU test above runs the same code path")
-@pytest.mark.reliability("fault", "CUDA out of memory halves the batch (real GPU)")
+@pytest.mark.reliability("fault", "CUDA out of memory shrinks the batch (real GPU)")
 def test_real_cuda_out_of_memory_halves_the_batch(tiny_model_dir, observed):
     from core.featurize import _features_for
     from core.gradients import HookGradientComputer
