@@ -195,3 +195,52 @@ def module_browser():
         chromium = launch_chromium(playwright)
         yield chromium
         chromium.close()
+
+
+def stop_job_workers(cache_root: Path) -> None:
+    """Kill the feature workers the app started: they run in their own sessions (they outlive a closed tab by
+    design), so stopping the server's process group does not stop them."""
+    from core.store import Store
+
+    store = Store(cache_root)
+    for project in store.projects():
+        for job in store.jobs(project):
+            if job.pid and job.status in ("queued", "running", "cancelling"):
+                try:
+                    os.killpg(job.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+def module_server(cache_root: Path, log_folder: Path, request, log_name: str):
+    """Body of a module-scoped ``app_server`` fixture: ``streamlit run app/main.py`` over ``cache_root``; at the
+    end the server and any job worker it started are stopped, and its log is kept as test-artifacts/browser/
+    ``log_name`` when a test of the module failed."""
+    server = AppServer(cache_root, log_folder / "streamlit.log").start()
+    failed_before = request.session.testsfailed
+    try:
+        yield server
+    finally:
+        server.stop()
+        stop_job_workers(cache_root)
+        if request.session.testsfailed > failed_before:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(server.log_path, ARTIFACTS / log_name)
+
+
+def page_for_test(browser, base_url: str, request, screenshot_prefix: str = ""):
+    """Body of an ``app`` fixture: a fresh browser context (own session, downloads allowed) on the running app,
+    as a ``StreamlitPage``; a screenshot is saved when the test fails."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
+    context.set_default_timeout(60_000)
+    page = StreamlitPage(context.new_page(), base_url)
+    failed_before = request.session.testsfailed
+    try:
+        yield page
+    finally:
+        if request.session.testsfailed > failed_before:
+            try:
+                page.screenshot(f"FAILED-{screenshot_prefix}{request.node.name}")
+            except Exception:  # noqa: BLE001 - a broken page must not hide the test's own failure
+                pass
+        context.close()

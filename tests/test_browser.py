@@ -12,16 +12,14 @@ Without chromium or playwright the tests skip, except where ``G2IS_REQUIRE_BROWS
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from browser import ARTIFACTS, AppServer, StreamlitPage, module_browser, module_marks
+from browser import StreamlitPage, module_browser, module_marks, module_server, stop_job_workers, page_for_test
 from conftest import EXPLORE_PROJECT, REPO, chat_rows, write_jsonl
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
 from core.demo import DEMO_PROJECT
@@ -108,49 +106,13 @@ def browser_cache(browser, explore_cache_template, tiny_model_dir, tmp_path_fact
 
 @pytest.fixture(scope="module")
 def app_server(browser_cache, tmp_path_factory, request):
-    """``streamlit run app/main.py`` over the browser cache; its log is copied to test-artifacts when a test of
-    this module failed.  Stops the server's process group and any feature worker the app started."""
-    server = AppServer(browser_cache, tmp_path_factory.mktemp("server") / "streamlit.log").start()
-    failed_before = request.session.testsfailed
-    try:
-        yield server
-    finally:
-        server.stop()
-        stop_job_workers(Store(browser_cache))
-        if request.session.testsfailed > failed_before:
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            shutil.copy(server.log_path, ARTIFACTS / "streamlit.log")
-
-
-def stop_job_workers(store: Store) -> None:
-    """Job workers run in their own sessions (they outlive a closed tab by design), so the server's process
-    group does not include them."""
-    for project in store.projects():
-        for job in store.jobs(project):
-            if job.pid and job.status in ("queued", "running", "cancelling"):
-                try:
-                    os.killpg(job.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+    """``streamlit run app/main.py`` over the browser cache."""
+    yield from module_server(browser_cache, tmp_path_factory.mktemp("server"), request, "streamlit.log")
 
 
 @pytest.fixture()
 def app(browser, app_server, request):
-    """A fresh browser context (own session, downloads allowed) on the running app; a screenshot of the page
-    is saved when the test fails."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
-    context.set_default_timeout(60_000)
-    page = StreamlitPage(context.new_page(), app_server.url)
-    failed_before = request.session.testsfailed
-    try:
-        yield page
-    finally:
-        if request.session.testsfailed > failed_before:
-            try:
-                page.screenshot(f"FAILED-{request.node.name}")
-            except Exception:  # noqa: BLE001 - a broken page must not hide the test's own failure
-                pass
-        context.close()
+    yield from page_for_test(browser, app_server.url, request)
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -191,7 +153,7 @@ def test_demo_project_features_page_renders(app, browser_cache):
     store = Store(browser_cache)
     (job,) = store.jobs(DEMO_PROJECT)
     assert job.kind == "features"
-    stop_job_workers(store)  # the run itself is not what this test is about: give the CPU back to the others
+    stop_job_workers(store.root)  # the run itself is not what this test is about: give the CPU back to the others
 
 
 UPLOAD_PROJECT = "uploaded"

@@ -14,16 +14,13 @@ as text.  Screenshots go to ``test-artifacts/browser/hostile-<page>.png``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from browser import ARTIFACTS, AppServer, StreamlitPage, module_browser, module_marks
+from browser import StreamlitPage, module_browser, module_marks, module_server, page_for_test
 from conftest import write_jsonl
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
 from core.demo import DEMO_PROJECT
@@ -130,23 +127,7 @@ def hostile_cache(browser, tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_server(hostile_cache, tmp_path_factory, request):
-    server = AppServer(hostile_cache, tmp_path_factory.mktemp("hostile-server") / "streamlit.log").start()
-    failed_before = request.session.testsfailed
-    try:
-        yield server
-    finally:
-        server.stop()
-        store = Store(hostile_cache)
-        for project in store.projects():  # job workers run in their own sessions (they outlive a closed tab)
-            for job in store.jobs(project):
-                if job.pid and job.status in ("queued", "running", "cancelling"):
-                    try:
-                        os.killpg(job.pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-        if request.session.testsfailed > failed_before:
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            shutil.copy(server.log_path, ARTIFACTS / "hostile-streamlit.log")
+    yield from module_server(hostile_cache, tmp_path_factory.mktemp("hostile-server"), request, "hostile-streamlit.log")
 
 
 class Watch:
@@ -163,22 +144,9 @@ class Watch:
 
 @pytest.fixture()
 def app(browser, app_server, request):
-    context = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
-    context.set_default_timeout(60_000)
-    page = context.new_page()
-    watch = Watch(page)
-    app = StreamlitPage(page, app_server.url)
-    app.watch = watch
-    failed_before = request.session.testsfailed
-    try:
-        yield app
-    finally:
-        if request.session.testsfailed > failed_before:
-            try:
-                app.screenshot(f"FAILED-hostile-{request.node.name}")
-            except Exception:  # noqa: BLE001 - a broken page must not hide the test's own failure
-                pass
-        context.close()
+    for page in page_for_test(browser, app_server.url, request, "hostile-"):
+        page.watch = Watch(page.page)  # before any navigation: dialogs a payload opens are caught from the start
+        yield page
 
 
 def script_ran(app: StreamlitPage) -> list[str]:

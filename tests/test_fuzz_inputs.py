@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, subprocess_env
+from test_formats import nonblank_lines
 from core import config, data_view
 from core.formats import FORMATS, BadRowsError, FormatError, ReadReport, RowError, SeenIds, iter_rows
 from core.ingest import ingest_files
@@ -742,19 +743,6 @@ INPUT_CLASSES = [
 ]
 
 # ------------------------------------------------------------------------------------------ the checks
-
-
-def nonblank_lines(data: bytes) -> int:
-    """Non-blank .jsonl lines as the reader counts them (only JSON whitespace is blank; broken UTF-8 is not)."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    count = 0
-    for raw in data.split(b"\n"):
-        try:
-            count += bool(raw.decode("utf-8").strip(" \t\r\n"))
-        except UnicodeDecodeError:
-            count += 1
-    return count
 
 
 def check_message(text: str, limit: int = 3000) -> None:
