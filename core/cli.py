@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import FeatureSettings
+from core.config import PROJECTION_KINDS, FeatureSettings
 from core.projects import project_settings
 from core.store import Store
 
@@ -32,7 +32,8 @@ def _settings_from_args(store: Store, args) -> FeatureSettings:
     from core.projects import EDITABLE_SETTINGS, edit_settings
 
     flags = {"lora_targets": "lora_targets", "projection_kind": "proj_kind", "projection_dim": "proj_dim",
-             "projection_seed": "proj_seed", "projection_sparsity": "proj_sparsity"}
+             "projection_seed": "proj_seed", "projection_sparsity": "proj_sparsity",
+             "projection_factor_dim": "proj_factor_dim"}
     changes = {name: getattr(args, flags.get(name, name), None) for name in EDITABLE_SETTINGS}
     return edit_settings(project_settings(store, args.project), **changes)
 
@@ -358,10 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-r", type=int)
     p.add_argument("--lora-alpha", type=int)
     p.add_argument("--lora-targets", help="comma-separated module names, e.g. q_proj,k_proj,v_proj,o_proj")
-    p.add_argument("--proj-kind", choices=("countsketch", "rademacher"))
+    p.add_argument("--proj-kind", choices=PROJECTION_KINDS,
+                   help="countsketch (default, sparse JL), rademacher (dense, LESS's) or kronecker (LoGra-style: "
+                        "each LoRA module projected from its activations, for large ranks)")
     p.add_argument("--proj-dim", type=int)
     p.add_argument("--proj-seed", type=int)
     p.add_argument("--proj-sparsity", type=int)
+    p.add_argument("--proj-factor-dim", type=int, help="kronecker: each side of a module's gradient is projected "
+                   "to at most this many coordinates (default 64)")
     p.add_argument("--warmup-fraction", type=float)
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--warmup-checkpoints", choices=("last", "all"))

@@ -91,20 +91,39 @@ class WarmupArguments:
             raise ValueError("warmup checkpoints must be 'last' or 'all'")
 
 
+PROJECTION_KINDS = ("countsketch", "rademacher", "kronecker")
+
+
 @dataclass(frozen=True)
 class ProjectionArguments:
-    """Seeded random projection of the flat LoRA gradient to ``dim`` coordinates."""
+    """Seeded random projection of the flat LoRA gradient to ``dim`` coordinates.
 
-    kind: str = "countsketch"  # "countsketch" (sparse JL, s non-zeros per column) or "rademacher" (dense, blockwise)
+    ``kind``: "countsketch" (sparse JL, ``sparsity`` non-zeros per column), "rademacher" (dense, blockwise: LESS's)
+    or "kronecker" (LoGra-style: each LoRA module's gradient G [out, in] goes to P_out G P_in^T, at most
+    ``factor_dim`` x ``factor_dim``, computed from the layer's activations without forming G where that is
+    cheaper -- large ranks -- and the modules' blocks are folded into ``dim`` by a CountSketch)."""
+
+    kind: str = "countsketch"
     dim: int = 8192
     seed: int = 0
-    sparsity: int = 1  # s for the sparse JL; 1 is CountSketch
+    sparsity: int = 1  # s for the sparse JL (for "kronecker": of the fold); 1 is CountSketch
+    factor_dim: int = 64  # "kronecker" only: each side of a module's gradient is projected to at most this many
 
     def __post_init__(self) -> None:
-        if self.kind not in ("countsketch", "rademacher"):
-            raise ValueError(f"unknown projection kind {self.kind!r}: use 'countsketch' or 'rademacher'")
+        if self.kind not in PROJECTION_KINDS:
+            raise ValueError(f"unknown projection kind {self.kind!r}: use one of {', '.join(PROJECTION_KINDS)}")
         if self.dim < 1 or self.sparsity < 1 or self.dim % self.sparsity:
             raise ValueError(f"projection dim ({self.dim}) must be a positive multiple of sparsity ({self.sparsity})")
+        if self.factor_dim < 1:
+            raise ValueError(f"projection factor_dim must be >= 1 (got {self.factor_dim})")
+
+    def numbers(self) -> dict:
+        """The fields that change the projected numbers, for cache keys.  ``factor_dim`` counts only for
+        "kronecker" (so the keys of the other kinds stay what they were before it existed)."""
+        fields = asdict(self)
+        if self.kind != "kronecker":
+            del fields["factor_dim"]
+        return fields
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 ``plan_features`` works out, without loading the model weights, every cache key involved and which rows still
 need work: one *feature config* per (warmup checkpoint, gradient type), keyed by a hash of everything that
 changes the numbers (model weights, LoRA config, chat template, max tokens, checkpoint, gradient type,
-projection kind/seed/dim/sparsity).  Features are stored per row *content hash* under a config, so a row that
+projection kind/seed/dim/sparsity/factor dim).  Features are stored per row *content hash* under a config, so a row that
 appears in two projects, or in a longer ``--limit`` later, is never computed twice.  The warmup checkpoint's
 key covers the model, LoRA, template, warmup arguments and the content of the rows it trains on.
 
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from core.config import FeatureSettings, stable_hash
-from core.gradients import GradientComputer, HookGradientComputer, flat_moments, make_gradient_computer, project_features
-from core.lora import add_lora, apply_checkpoint, read_checkpoint, save_checkpoint, train_warmup, warmup_sample
+from core.gradients import GradientComputer, flat_moments, make_gradient_computer, project_features
+from core.lora import (add_lora, apply_checkpoint, lora_parameters, read_checkpoint, save_checkpoint, train_warmup,
+                       warmup_sample)
 from core.modeling import (
     EncodedRow,
     encode_messages,
@@ -117,7 +118,7 @@ def plan_features(store: Store, project: str, settings: FeatureSettings, limit: 
     epochs = settings.warmup.epochs
     wanted = [epochs] if settings.warmup.checkpoints == "last" or epochs == 0 else list(range(1, epochs + 1))
     checkpoints = [CheckpointPlan(stable_hash([run_key, epoch]), epoch) for epoch in wanted]
-    projection = asdict(settings.projection)
+    projection = settings.projection.numbers()
     configs = []
     for checkpoint in checkpoints:
         for role, gradient_type in GRADIENT_TYPES.items():
@@ -402,9 +403,12 @@ class FeatureEngine:
 
     @classmethod
     def build(cls, model, pad_id: int, device: torch.device, settings: FeatureSettings, log: Callable[[str], None]) -> "FeatureEngine":
-        computer = make_gradient_computer(model, pad_id, device, settings.precision)
-        size = BatchSize(settings.batch_size if isinstance(computer, HookGradientComputer) else 1, log)
-        return cls(model, computer, make_projector(settings.projection), size)
+        shapes = [tuple(param.shape) for _, param in lora_parameters(model)]
+        projector = make_projector(settings.projection, shapes)
+        computer = make_gradient_computer(model, pad_id, device, settings.precision,
+                                          activations=hasattr(projector, "project_activations"))
+        size = BatchSize(settings.batch_size if device.type == "cuda" else 1, log)
+        return cls(model, computer, projector, size)
 
     def use_checkpoint(self, gradient_type: str, weights: dict[str, torch.Tensor], moments: dict[str, torch.Tensor]) -> None:
         """Load a checkpoint's LoRA weights (``lora.read_checkpoint``'s tensors); keep its moments for Adam features."""

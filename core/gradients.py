@@ -25,6 +25,12 @@ from core.lora import collate, lora_parameters, token_loss
 from core.modeling import EncodedRow
 
 
+def per_example_gradient(inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:
+    """A Linear layer's per-example weight gradient [B, out, in] from its inputs [B, T, in] and output gradients
+    [B, T, out]: the sum over tokens of their outer products, in float32 (padded tokens have zero output gradient)."""
+    return torch.einsum("bto,bti->boi", output_grads.float(), inputs.float())
+
+
 class GradientComputer(Protocol):
     def gradients(self, rows: Sequence[EncodedRow]) -> torch.Tensor: ...
 
@@ -78,12 +84,18 @@ class HookGradientComputer:
         One forward+backward for the batch (done before the first piece), then each module's per-example
         product is made only when asked for, so a consumer that projects and drops each piece never holds the
         full [B, D] gradient (for large ranks it is the dominant memory: LoGra's point; see ``project_features``)."""
+        for start, inputs, output_grads in self.module_activations(rows):
+            yield start, per_example_gradient(inputs, output_grads).reshape(len(rows), -1)
+
+    def module_activations(self, rows: Sequence[EncodedRow]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Each LoRA module's ``(first coordinate, inputs [B, T, in], output gradients [B, T, out])`` for the
+        batch, whose per-example gradient is ``einsum('bto,bti->boi')`` of the two: what a factorised projection
+        (``projection.KroneckerProjector.project_activations``) takes instead of the gradient."""
         captured = self._capture(rows)
         start = 0
         for name, param in self.params:
-            inputs, output_grads = captured.pop(name)  # the activations go as soon as their piece is made
-            per_example = torch.einsum("bto,bti->boi", output_grads.float(), inputs.float()).reshape(len(rows), -1)
-            yield start, per_example
+            inputs, output_grads = captured.pop(name)  # the activations go as soon as their module is consumed
+            yield start, inputs, output_grads
             start += param.numel()
 
     def _capture(self, rows: Sequence[EncodedRow]) -> dict[str, list]:
@@ -118,11 +130,15 @@ class HookGradientComputer:
 PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
 
 
-def make_gradient_computer(model, pad_id: int, device: torch.device, precision: str = "float32") -> GradientComputer:
+def make_gradient_computer(model, pad_id: int, device: torch.device, precision: str = "float32",
+                           activations: bool = False) -> GradientComputer:
     """The batched hook computer on CUDA (``precision="bf16"``: under bf16 autocast), the loop on CPU (where
-    bf16 matmuls are slower than float32, so the loop always runs in float32)."""
+    bf16 matmuls are slower than float32, so the loop always runs in float32).  ``activations``: a projection
+    that takes activations (the factorised one) wants the hook computer on the CPU too (fed one row at a time)."""
     if device.type == "cuda":
         return HookGradientComputer(model, pad_id, autocast=PRECISIONS[precision])
+    if activations:
+        return HookGradientComputer(model, pad_id)
     return LoopGradientComputer(model, pad_id)
 
 
@@ -134,10 +150,16 @@ def project_features(computer: GradientComputer, rows: Sequence[EncodedRow], pro
     With a computer that yields its gradient module by module (``gradient_pieces``, the batched CUDA path) and a
     projector that takes pieces (``project_pieces``, the sparse JL), each module's piece is transformed and
     projected on its own, so at most one module's per-example gradient exists at a time -- the same numbers as
-    the full gradient (Adam's formula is element-wise, the sparse JL coordinate-wise).  LoGra instead factorises
-    the projection (P_out^T G P_in) and never forms even one module's gradient, but that only works for a linear
-    map of the raw gradient: LESS/G2IS's Adam-aware pool features m'/sqrt(v' + eps) are non-linear in it, so we
-    stream exact pieces rather than approximate the features.  Other computers or projectors: the whole gradient."""
+    the full gradient (Adam's formula is element-wise, the sparse JL coordinate-wise).
+
+    The factorised projection (``KroneckerProjector``, LoGra) goes further for SGD features (the targets): it
+    takes each module's activations and output gradients and never forms even one module's gradient where
+    that is cheaper.  Adam-aware features m'/sqrt(v' + eps) are non-linear in the
+    gradient, so they are formed module by module, made Adam-aware, and projected by the same Kronecker maps:
+    both kinds of feature land in one space.  Other computers or projectors: the whole gradient."""
+    activations_of = getattr(computer, "module_activations", None)
+    if exp_avg is None and activations_of is not None and hasattr(projector, "project_activations"):
+        return projector.project_activations(activations_of(rows), sum(p.numel() for _, p in computer.params))
     pieces_of = getattr(computer, "gradient_pieces", None)
     if pieces_of is None or not hasattr(projector, "project_pieces"):
         grads = computer.gradients(rows)

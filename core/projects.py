@@ -37,6 +37,7 @@ EDITABLE_SETTINGS = {
     "lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_targets": ("lora", "target_modules"),
     "projection_kind": ("projection", "kind"), "projection_dim": ("projection", "dim"),
     "projection_seed": ("projection", "seed"), "projection_sparsity": ("projection", "sparsity"),
+    "projection_factor_dim": ("projection", "factor_dim"),
     "warmup_fraction": ("warmup", "fraction"), "warmup_epochs": ("warmup", "epochs"),
     "warmup_checkpoints": ("warmup", "checkpoints"),
 }

@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import session
 from core import jobs
+from core.config import PROJECTION_KINDS
 from core.demo import DEMO_PROJECT
 from core.estimate import format_duration
 from core.data_view import markdown_code, markdown_text
@@ -47,10 +48,15 @@ def settings_form(settings) -> None:
         lora_r = r_column.number_input("LoRA rank r", 1, 1024, settings.lora.r)
         lora_alpha = alpha_column.number_input("LoRA alpha", 1, 4096, settings.lora.alpha)
         lora_targets = targets_column.text_input("LoRA target modules", ",".join(settings.lora.target_modules))
-        kind_column, dim_column, fraction_column, epochs_column, checkpoints_column = st.columns(5)
-        kinds = ["countsketch", "rademacher"]
-        projection_kind = kind_column.selectbox("Projection", kinds, kinds.index(settings.projection.kind))
+        kind_column, dim_column, factor_column, fraction_column, epochs_column, checkpoints_column = st.columns(6)
+        projection_kind = kind_column.selectbox(
+            "Projection", PROJECTION_KINDS, PROJECTION_KINDS.index(settings.projection.kind),
+            help="countsketch: sparse JL (fast, the default); rademacher: dense, as LESS; kronecker: LoGra-style, "
+                 "each LoRA module projected from its activations (cheaper for large LoRA ranks)")
         projection_dim = dim_column.number_input("Projection dim", 1, 1 << 16, settings.projection.dim)
+        factor_dim = factor_column.number_input("Factor dim", 1, 4096, settings.projection.factor_dim,
+                                                help="kronecker only: each side of a module's gradient is "
+                                                     "projected to at most this many coordinates")
         warmup_fraction = fraction_column.number_input("Warmup fraction", 0.0, 1.0, settings.warmup.fraction,
                                                        step=0.01, format="%.3f")
         warmup_epochs = epochs_column.number_input("Warmup epochs", 0, 20, settings.warmup.epochs)
@@ -63,7 +69,8 @@ def settings_form(settings) -> None:
                     settings, model=model, max_tokens=int(max_tokens), device=device, precision=precision,
                     storage_dtype=storage_dtype, lora_r=int(lora_r),
                     lora_alpha=int(lora_alpha), lora_targets=lora_targets, projection_kind=projection_kind,
-                    projection_dim=int(projection_dim), warmup_fraction=float(warmup_fraction),
+                    projection_dim=int(projection_dim), projection_factor_dim=int(factor_dim),
+                    warmup_fraction=float(warmup_fraction),
                     warmup_epochs=int(warmup_epochs), warmup_checkpoints=warmup_checkpoints)
             except ValueError as error:
                 st.error(f"Settings not saved: {markdown_text(error)}")

@@ -69,11 +69,14 @@ def test_settings_form_saves_valid_settings_and_explains_bad_ones(tmp_path, cach
     by_label = {w.label: w for w in app.number_input}
     by_label["Max tokens"].set_value(48)
     by_label["Projection dim"].set_value(64)
+    by_label["Factor dim"].set_value(16)
+    next(w for w in app.selectbox if w.label == "Projection").set_value("kronecker")
     next(w for w in app.text_input if w.label == "LoRA target modules").set_value("q_proj, v_proj")
     next(b for b in app.button if b.label == "Save settings").click().run()
     assert not app.exception and not app.error
     saved = FeatureSettings.from_dict(store.project_settings("tiny"))
     assert (saved.max_tokens, saved.projection.dim, saved.lora.target_modules) == (48, 64, ("q_proj", "v_proj"))
+    assert (saved.projection.kind, saved.projection.factor_dim) == ("kronecker", 16)
     assert saved.model == str(tiny_model_dir)  # untouched fields keep their values
     assert "max 48 tokens" in " ".join(m.value for m in app.markdown)
 

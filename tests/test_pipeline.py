@@ -111,9 +111,36 @@ def test_feature_keys_follow_what_changes_the_numbers(tmp_path, cache, tiny_mode
     assert keys() == default and keys(batch_size=3) == default
     bf16 = keys(precision="bf16")
     assert bf16[0] == default[0] and not set(bf16[1:]) & set(default[1:])  # the same warmup, other features
+    kronecker = keys(projection=ProjectionArguments("kronecker", 256))
+    assert kronecker[0] == default[0] and not set(kronecker[1:]) & set(default[1:])
+    assert keys(projection=ProjectionArguments("kronecker", 256, factor_dim=8))[1:] != kronecker[1:]
+    assert keys(projection=ProjectionArguments(dim=256, factor_dim=8)) == default  # only kronecker uses it
     monkeypatch.setattr(core.featurize, "FEATURE_CODE_VERSION", 2)
     bumped = keys()
     assert not set(bumped) & set(default) and not set(bumped) & set(bf16)
+
+
+def test_kronecker_projection_job_from_the_cli(tmp_path, cache, tiny_model_dir, capsys):
+    """A whole job with the factorised projection (rank 16 > factor dim 8: the targets' features come from
+    activations on the CPU's hook computer, one row at a time); saved settings, status and the cache agree."""
+    store = Store()
+    make_project(tmp_path, store, n_pool=12, n_targets=4)
+    args = ["features", "--project", "p", "--model", str(tiny_model_dir), "--max-tokens", "64", "--proj-dim", "256",
+            "--proj-kind", "kronecker", "--proj-factor-dim", "8", "--lora-r", "16", "--warmup-fraction", "0.3"]
+    assert main(args + ["--inline"]) == 0
+    capsys.readouterr()
+    assert main(args) == 0 and "features cached" in capsys.readouterr().out
+    settings = FeatureSettings.from_dict(store.project_settings("p"))
+    assert settings.projection == ProjectionArguments("kronecker", 256, factor_dim=8) and settings.lora.r == 16
+    plan = plan_features(store, "p", settings)
+    for role, rows in (("pool", 12), ("targets", 4)):
+        ids, features, norms = store.feature_matrix("p", role, plan.config_for(role).key)
+        assert features.shape == (rows, 256) and np.isfinite(features).all() and (norms > 0).all()
+        cosines = (features / norms[:, None]) @ (features / norms[:, None]).T
+        assert cosines[np.triu_indices(rows, 1)].max() < 0.999  # rows differ
+    with pytest.raises(SystemExit):
+        main(args[:-2] + ["--proj-kind", "logra"])
+    assert "invalid choice: 'logra'" in capsys.readouterr().err
 
 
 def test_background_worker_and_bad_rows_are_recorded(tmp_path, cache, tiny_model_dir):
