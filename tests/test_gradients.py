@@ -170,8 +170,17 @@ def test_hook_gradients_on_cuda_equal_the_cpu_loop(tiny_model_dir):
     cpu = add_lora(load_model(resolved), LoraArguments())
     gpu = add_lora(load_model(resolved, "cuda"), LoraArguments())
     loop = LoopGradientComputer(cpu, tokenizer.pad_token_id).gradients(rows)
-    hooks = HookGradientComputer(gpu, tokenizer.pad_token_id).gradients(rows).cpu()
+    gpu_hooks = HookGradientComputer(gpu, tokenizer.pad_token_id)
+    hooks = gpu_hooks.gradients(rows).cpu()
     assert ((hooks - loop).norm(dim=1) / loop.norm(dim=1).clamp(min=1e-12)).max() < 1e-4
+    # the factorised projection on the GPU equals projecting the CPU loop's gradient (the factors are drawn on
+    # the CPU, so both devices use the same maps)
+    shapes = [tuple(p.shape) for _, p in lora_parameters(cpu)]
+    projector = KroneckerProjector(128, 3, 2, shapes)
+    factorised = project_features(gpu_hooks, rows, projector, None, None).cpu()
+    assert projector.factored_modules > 0
+    expected = projector.project(loop)
+    assert ((factorised - expected).norm(dim=1) / expected.norm(dim=1).clamp(min=1e-12)).max() < 1e-4
 
 
 def test_adam_feature_matches_hand_computation():
