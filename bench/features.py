@@ -239,7 +239,7 @@ def main() -> int:
     # variant order rotating), so that a change in the load from other processes hits all of them alike.
     computer = RecordingComputer(make_gradient_computer(model, pad_id, device))
     projector = make_projector(settings.projection)
-    batch_size = settings.batch_size if isinstance(computer.inner, HookGradientComputer) else 1
+    batch_size = settings.batch_size if computer.inner.batched else 1
     weights = [p for _, p in params]
     ours_feat, ours_grad, ref_grad, ref_feat = {}, {}, {}, {}
     padded = 0

@@ -70,7 +70,7 @@ def largest_intermediate_mib(shapes, batch: int, tokens: int, factor_dim: int, p
     factorised = 0
     for module, (out, inp) in enumerate(shapes):
         k_out, k_in = min(out, factor_dim), min(inp, factor_dim)
-        if projector._factorised_is_cheaper(module, tokens):
+        if projector.factorised_is_cheaper(module, tokens):
             factorised = max(factorised, batch * tokens * (k_out + k_in) + batch * k_out * k_in)
         else:
             factorised = max(factorised, batch * out * inp)

@@ -407,7 +407,7 @@ class FeatureEngine:
         projector = make_projector(settings.projection, shapes)
         computer = make_gradient_computer(model, pad_id, device, settings.precision,
                                           activations=hasattr(projector, "project_activations"))
-        size = BatchSize(settings.batch_size if device.type == "cuda" else 1, log)
+        size = BatchSize(settings.batch_size if computer.batched else 1, log)
         return cls(model, computer, projector, size)
 
     def use_checkpoint(self, gradient_type: str, weights: dict[str, torch.Tensor], moments: dict[str, torch.Tensor]) -> None:

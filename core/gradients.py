@@ -32,10 +32,14 @@ def per_example_gradient(inputs: torch.Tensor, output_grads: torch.Tensor) -> to
 
 
 class GradientComputer(Protocol):
+    batched: bool  # whether the job should feed it batches of rows (else one row at a time)
+
     def gradients(self, rows: Sequence[EncodedRow]) -> torch.Tensor: ...
 
 
 class LoopGradientComputer:
+    batched = False  # it loops over a batch's rows anyway
+
     def __init__(self, model, pad_id: int):
         self.model, self.pad_id = model, pad_id
         self.params = lora_parameters(model)
@@ -57,8 +61,9 @@ class LoopGradientComputer:
 class HookGradientComputer:
     """Batched per-example gradients of LoRA Linear weights from activations x output-gradients."""
 
-    def __init__(self, model, pad_id: int, autocast: torch.dtype | None = None):
+    def __init__(self, model, pad_id: int, autocast: torch.dtype | None = None, batched: bool = True):
         self.model, self.pad_id = model, pad_id
+        self.batched = batched  # False: the job feeds it one row at a time (on a CPU, where batches only cost memory)
         self.params = lora_parameters(model)
         self.device = self.params[0][1].device
         # bf16 autocast runs the model's matmuls in bfloat16 (tensor cores on a GPU); the captured activations and
@@ -138,7 +143,7 @@ def make_gradient_computer(model, pad_id: int, device: torch.device, precision: 
     if device.type == "cuda":
         return HookGradientComputer(model, pad_id, autocast=PRECISIONS[precision])
     if activations:
-        return HookGradientComputer(model, pad_id)
+        return HookGradientComputer(model, pad_id, batched=False)
     return LoopGradientComputer(model, pad_id)
 
 

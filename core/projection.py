@@ -1,6 +1,6 @@
 """Seeded random projections of flat per-example gradients to a few thousand coordinates.
 
-Two projectors share one interface, ``project(grads[B, D]) -> [B, K] float32``:
+Three projectors share one interface, ``project(grads[B, D]) -> [B, K] float32``:
 
 * ``CountSketchProjector`` (default): a sparse Johnson-Lindenstrauss transform with ``s`` non-zeros per input
   coordinate (s=1 is CountSketch).  It costs O(s * D) per example and keeps no matrix, only hashes.
@@ -182,7 +182,7 @@ class KroneckerProjector:
             gradient = torch.matmul(gradient, p_in.T)
         return gradient.reshape(gradient.shape[0], -1)
 
-    def _factorised_is_cheaper(self, module: int, tokens: int) -> bool:
+    def factorised_is_cheaper(self, module: int, tokens: int) -> bool:
         """Multiply-adds per example: forming G (T*out*in, then the two projections) vs projecting the factors
         (T*out*k_out + T*in*k_in for the projections, T*k_out*k_in for the product)."""
         out, inp = self.shapes[module]
@@ -217,7 +217,7 @@ class KroneckerProjector:
             for start, inputs, output_grads in activations:
                 out, inp = output_grads.shape[-1], inputs.shape[-1]
                 module = self._module_at(start, out * inp)
-                if self._factorised_is_cheaper(module, inputs.shape[1]):
+                if self.factorised_is_cheaper(module, inputs.shape[1]):
                     self.factored_modules += 1
                     p_out, p_in = self.factors(module, inputs.device)
                     if p_out is not None:

@@ -404,7 +404,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, tiny_model_dir, mo
     settings = tiny_settings(tiny_model_dir, batch_size=8, chunk_rows=8)
     results = {}
     for name, computer in (("clean", HookGradientComputer), ("oom", OutOfMemoryAbove)):
-        monkeypatch.setattr(core.featurize, "make_gradient_computer", lambda model, pad, device, precision="float32", c=computer: c(model, pad))
+        monkeypatch.setattr(core.featurize, "make_gradient_computer", lambda model, pad, device, precision="float32", activations=False, c=computer: c(model, pad))
         store = Store(tmp_path / name)
         make_project(tmp_path / name, store, n_pool=20)
         lines: list[str] = []
