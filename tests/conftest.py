@@ -104,6 +104,28 @@ def chat_rows(n: int, prefix: str = "row", words: int = 12) -> list[dict]:
     return rows
 
 
+def tiny_settings(model_dir: Path, **changes):
+    """Feature settings for the tiny model: 64 tokens, a 256-d projection, a one-epoch warmup on 10 % of the pool."""
+    from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
+
+    base = FeatureSettings(model=str(model_dir), max_tokens=64, projection=ProjectionArguments(dim=256),
+                           warmup=WarmupArguments(fraction=0.1, epochs=1, batch_size=2), chunk_rows=16)
+    return base.replace(**changes)
+
+
+def make_project(folder: Path, store, n_pool: int = 40, n_targets: int = 6, project: str = "p", settings=None) -> None:
+    """Ingest ``n_pool`` chat rows and ``n_targets`` target rows (groups g0, g1) into ``project``, from
+    ``{project}-pool.jsonl`` and ``{project}-targets.jsonl`` written to ``folder``; store ``settings`` if given."""
+    from core.ingest import ingest_files
+
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = [dict(r, group=f"g{i % 2}") for i, r in enumerate(chat_rows(n_targets, "target"))]
+    ingest_files(store, project, "pool", [write_jsonl(folder / f"{project}-pool.jsonl", chat_rows(n_pool, "pool"))])
+    ingest_files(store, project, "targets", [write_jsonl(folder / f"{project}-targets.jsonl", targets)])
+    if settings is not None:
+        store.ensure_project(project, settings.to_dict())
+
+
 def subprocess_env(cache_root: Path) -> dict:
     env = dict(os.environ, G2IS_CACHE_DIR=str(cache_root), PYTHONPATH=str(REPO))
     return env

@@ -33,10 +33,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, build_tiny_model, chat_rows, subprocess_env, wait_for, write_jsonl
+from conftest import REPO, build_tiny_model, chat_rows, make_project, subprocess_env, tiny_settings, wait_for, write_jsonl
 from core import jobs
 from core.cli import main
-from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
+from core.config import FeatureSettings, ProjectionArguments
 from core.featurize import BatchSize, plan_features, run_features
 from core.gradients import HookGradientComputer
 from core.ingest import ingest_files
@@ -44,21 +44,6 @@ from core.store import Store
 
 MAIN = str(REPO / "app" / "main.py")
 pytestmark = [pytest.mark.timeout(300)]
-
-
-def tiny_settings(model_dir: Path, **changes) -> FeatureSettings:
-    base = FeatureSettings(model=str(model_dir), max_tokens=64, projection=ProjectionArguments(dim=256),
-                           warmup=WarmupArguments(fraction=0.1, epochs=1, batch_size=2), chunk_rows=8)
-    return base.replace(**changes)
-
-
-def make_project(folder: Path, store: Store, n_pool: int, project: str = "p", n_targets: int = 4,
-                 settings: FeatureSettings | None = None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    ingest_files(store, project, "pool", [write_jsonl(folder / f"{project}-pool.jsonl", chat_rows(n_pool, "pool"))])
-    ingest_files(store, project, "targets", [write_jsonl(folder / f"{project}-targets.jsonl", chat_rows(n_targets, "target"))])
-    if settings is not None:
-        store.ensure_project(project, settings.to_dict())
 
 
 def shown(markdown: str) -> str:

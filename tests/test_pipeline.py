@@ -12,32 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, chat_rows, subprocess_env, wait_for, write_jsonl
+from conftest import REPO, chat_rows, make_project, subprocess_env, tiny_settings, wait_for, write_jsonl
 from core import jobs
 from core.cli import main
-from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
+from core.config import FeatureSettings, ProjectionArguments
 from core.featurize import plan_features, run_features
 from core.store import Store
-
-
-def tiny_settings(model_dir: Path, **changes) -> FeatureSettings:
-    base = FeatureSettings(
-        model=str(model_dir),
-        max_tokens=64,
-        projection=ProjectionArguments(dim=256),
-        warmup=WarmupArguments(fraction=0.1, epochs=1, batch_size=2),
-        chunk_rows=16,
-    )
-    return base.replace(**changes)
-
-
-def make_project(tmp_path: Path, store: Store, n_pool: int = 40, n_targets: int = 6, project: str = "p") -> None:
-    from core.ingest import ingest_files
-
-    pool = write_jsonl(tmp_path / "pool.jsonl", chat_rows(n_pool, "pool"))
-    targets = write_jsonl(tmp_path / "targets.jsonl", [dict(r, group=f"g{i % 2}") for i, r in enumerate(chat_rows(n_targets, "target"))])
-    ingest_files(store, project, "pool", [pool])
-    ingest_files(store, project, "targets", [targets])
 
 
 def test_cli_ingest_features_status_dump_and_cache(tmp_path, cache, tiny_model_dir, capsys):

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, make_project, tiny_settings
 from core.cli import main
 from core.featurize import Cancelled, plan_features, run_features
 from core.store import Store
-from test_pipeline import make_project, tiny_settings
 
 N_POOL = 40
 
