@@ -11,9 +11,7 @@ import numpy as np
 import pyarrow as pa
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, chat_rows, write_jsonl
-from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
-from core.ingest import ingest_files
+from conftest import REPO, make_project, tiny_settings
 from core.maps import layout_key
 from core.graph import normalize_rows
 from core.selection_runs import feature_index, load_project_features, row_text, run_selection
@@ -234,11 +232,7 @@ def test_bad_walk_settings_show_a_message_and_store_nothing(explore_project):
 
 def test_a_project_without_features_says_so_and_cannot_run_a_walk(tmp_path, cache, tiny_model_dir):
     store = Store()
-    ingest_files(store, "bare", "pool", [write_jsonl(tmp_path / "pool.jsonl", chat_rows(8, "pool"))])
-    ingest_files(store, "bare", "targets", [write_jsonl(tmp_path / "targets.jsonl", chat_rows(2, "target"))])
-    settings = FeatureSettings(model=str(tiny_model_dir), max_tokens=64, projection=ProjectionArguments(dim=64),
-                               warmup=WarmupArguments(fraction=0.25))
-    store.ensure_project("bare", settings.to_dict())
+    make_project(tmp_path, store, n_pool=8, n_targets=2, project="bare", settings=tiny_settings(tiny_model_dir))
     app = open_walk("bare")
     assert any("needs gradient features" in w.value and "no features" in w.value for w in app.warning)
     assert button(app, "Run walk").disabled

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, chat_rows, write_jsonl
+from conftest import REPO, chat_rows, make_project, tiny_settings, write_jsonl
 from core import data_view
 from core.export import EXPORT_FORMATS, export_name, export_selection
 from core.ingest import ingest_files
@@ -202,7 +202,7 @@ class Evil:
 
 @pytest.mark.reliability("security", "pickled files planted in the cache are never unpickled")
 def test_planted_pickles_in_the_cache_are_refused_not_run(cache, tmp_path, tiny_model_dir, observed):
-    from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
+    from core.config import ProjectionArguments
     from core.featurize import run_features
     from core.lora import Checkpoint
     from core.store import StoreError
@@ -211,11 +211,8 @@ def test_planted_pickles_in_the_cache_are_refused_not_run(cache, tmp_path, tiny_
     evil = Evil()
     evil.marker = marker
     store = Store()
-    ingest_files(store, "p", "pool", [write_jsonl(tmp_path / "pool.jsonl", chat_rows(4, "pool"))])
-    ingest_files(store, "p", "targets", [write_jsonl(tmp_path / "targets.jsonl", chat_rows(2, "target"))])
-    settings = FeatureSettings(model=str(tiny_model_dir), max_tokens=64, projection=ProjectionArguments(dim=32),
-                               warmup=WarmupArguments(fraction=0.5))
-    store.ensure_project("p", settings.to_dict())
+    settings = tiny_settings(tiny_model_dir, projection=ProjectionArguments(dim=32))
+    make_project(tmp_path, store, n_pool=4, n_targets=2, settings=settings)
     run_features(store, "p", settings, log=lambda text: None)
     chunk_paths = sorted(Path(p) for key in store_config_keys(store) for p in store.chunk_files(key))
     assert chunk_paths
