@@ -9,7 +9,8 @@ pool when that folder is absent) and the same model (default SmolLM2-135M-Instru
 ``LoraArguments()``), it measures rows/s and tokens/s of
 
 1. **ours**: what the feature job does per row, by calling ``core.featurize._features_for`` with the job's own
-   ``make_gradient_computer`` (the per-example loop on CPU, the batched hook computer on CUDA), the default
+   ``make_gradient_computer`` (the per-example loop on CPU, the batched hook computer on CUDA, which streams each
+   LoRA module's gradient into the projection; ``--computer hooks`` takes that path on a CPU too), the default
    ``CountSketchProjector`` and the Adam transform;
 2. **LESS-style reference**: an independent batch-size-1 loop (``model(..., labels=...).loss.backward()``, the
    flat gradient read from ``p.grad``, LESS's Adam formula written out) followed by the dense blockwise
@@ -81,6 +82,8 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0, help="row sampling seed (default 0)")
     parser.add_argument("--pool", default=str(SHARED_POOL), help="folder of pool .jsonl files (default /work/shared/data/pool)")
     parser.add_argument("--no-distortion", action="store_true", help="skip the dense projections and the distortion test")
+    parser.add_argument("--computer", choices=("job", "hooks"), default="job", help="ours' gradient computer: the "
+                        "job's choice for the device (default), or the batched hook computer (the CUDA path) anywhere")
     return parser.parse_args()
 
 
@@ -237,9 +240,15 @@ def main() -> int:
 
     # The three variants run interleaved, group by group (groups of --plain-batch rows in length order, the
     # variant order rotating), so that a change in the load from other processes hits all of them alike.
-    computer = RecordingComputer(make_gradient_computer(model, pad_id, device))
+    job_computer = (make_gradient_computer(model, pad_id, device) if args.computer == "job"
+                    else HookGradientComputer(model, pad_id))
+    # The loop returns whole gradients anyway, so recording them for the checks costs ours nothing.  The batched
+    # computer streams module pieces into the projection, which recording would undo: there the unprojected
+    # gradients of the same batches are computed again after the timing.
+    recording = not job_computer.batched
+    computer = RecordingComputer(job_computer) if recording else job_computer
     projector = make_projector(settings.projection)
-    batch_size = settings.batch_size if computer.inner.batched else 1
+    batch_size = settings.batch_size if job_computer.batched else 1
     weights = [p for _, p in params]
     ours_feat, ours_grad, ref_grad, ref_feat = {}, {}, {}, {}
     padded = 0
@@ -247,13 +256,15 @@ def main() -> int:
     def run_ours(group):  # 1. what the job does (_compute_config's batching: 1 row on CPU, sorted batches on CUDA)
         for start in range(0, len(group), batch_size):
             batch = group[start : start + batch_size]
-            before = len(computer.kept)
+            before = len(computer.kept) if recording else 0
             results = _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings)
-            grads = torch.cat(computer.kept[before:])
+            grads = torch.cat(computer.kept[before:]) if recording else None
             for i, (row, result) in enumerate(zip(batch, results)):
                 if isinstance(result, str):
                     raise RuntimeError(f"ours failed on a row: {result}")
-                ours_feat[row.content_hash], ours_grad[row.content_hash] = result, grads[i]
+                ours_feat[row.content_hash] = result
+                if recording:
+                    ours_grad[row.content_hash] = grads[i]
 
     def run_reference(group):  # 2. LESS-style batch-1 loop + LESS's Adam (the projection is timed below)
         for row in group:
@@ -273,7 +284,8 @@ def main() -> int:
     for _, run in variants:  # warm-up on 2 rows (ours: also the CountSketch hashes)
         run(warm_rows)
     ours_feat.clear(), ours_grad.clear(), ref_grad.clear(), ref_feat.clear()
-    computer.kept.clear()
+    if recording:
+        computer.kept.clear()
     timings = {name: 0.0 for name, _ in variants}
     by_length = sorted(rows, key=lambda r: encoded[r.content_hash].n_tokens)
     groups = [by_length[i : i + args.plain_batch] for i in range(0, len(by_length), args.plain_batch)]
@@ -285,14 +297,21 @@ def main() -> int:
             run(group)
             sync(device)
             timings[name] += time.perf_counter() - t
-        computer.kept.clear()
+        if recording:
+            computer.kept.clear()
         print(f"[timing] group {index + 1}/{len(groups)} ({len(group)} rows): " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), flush=True)
+    if not recording:  # ours' unprojected gradients, untimed: the same batches through the same computer
+        for group in groups:
+            for start in range(0, len(group), batch_size):
+                batch = group[start : start + batch_size]
+                grads = job_computer.gradients([encoded[r.content_hash] for r in batch])
+                ours_grad.update((row.content_hash, grad) for row, grad in zip(batch, grads))
     ours_grads = torch.stack([ours_grad[r.content_hash] for r in rows])
     ours_proj = torch.from_numpy(np.stack([ours_feat[r.content_hash] for r in rows]))
     ref_grads = torch.stack([ref_grad[r.content_hash] for r in rows])
     ref_feats = torch.stack([ref_feat[r.content_hash] for r in rows])
     del ours_grad, ref_grad, ref_feat
-    print(f"[ours] {type(computer.inner).__name__} (batch {batch_size}) + CountSketch + Adam via core.featurize._features_for: {timings['ours']:.1f} s")
+    print(f"[ours] {type(job_computer).__name__} (batch {batch_size}) + CountSketch + Adam via core.featurize._features_for: {timings['ours']:.1f} s")
     print(f"[reference] batch-1 loop, HF labels loss, LESS Adam: {timings['ref_grad']:.1f} s (projection timed below)")
     print(f"[plain] batch {args.plain_batch}, length-sorted, one backward of the summed loss: {timings['plain']:.1f} s "
           f"({padded - total_tokens} padding tokens on top of {total_tokens})")
@@ -300,7 +319,7 @@ def main() -> int:
     agree_total, agree_row = rel_err(ours_grads, ref_grads)
     print(f"[check] unprojected gradients, ours vs reference: relative error {agree_total:.2e} (worst row {agree_row:.2e})")
     hook_err = None
-    if device.type == "cpu":
+    if not job_computer.batched:
         sub = [encoded[r.content_hash] for r in rows[:4]]
         t = time.perf_counter()
         hook_grads = HookGradientComputer(model, pad_id).gradients(sub)
@@ -308,7 +327,7 @@ def main() -> int:
         print(f"[check] batched hook computer (the CUDA path) on {len(sub)} rows vs ours (loop): relative error {hook_err:.2e} "
               f"(worst row {hook_row:.2e}; {time.perf_counter() - t:.1f} s, not timed as a variant)")
         del hook_grads
-    elif isinstance(computer.inner, HookGradientComputer):
+    else:
         loop = LoopGradientComputer(model, pad_id).gradients([encoded[r.content_hash] for r in rows[:4]])
         hook_err, _ = rel_err(ours_grads[:4], loop)
         print(f"[check] ours (hooks) vs LoopGradientComputer on 4 rows: relative error {hook_err:.2e}")
@@ -324,7 +343,7 @@ def main() -> int:
     f64_ref, _ = rel_err(ref_grads[:1], truth)
     print(f"[check] vs a float64 model on row 0: ours (token_loss, CE over [B,V,T]) {f64_ours:.2e}, "
           f"reference (HF loss, CE over [N,V]) {f64_ref:.2e} ({time.perf_counter() - t:.1f} s)")
-    del model, computer, truth
+    del model, computer, job_computer, truth
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
