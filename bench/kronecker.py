@@ -107,7 +107,7 @@ def measure_rank(rank: int, args, resolved, tokenizer, encoded: list, device: to
     peaks = {name: 0 for name in STAGES}
     outputs: dict[str, list] = {name: [] for name in STAGES}
     exact = []
-    factorised_before = kronecker.factored_modules
+    factorised_before = kronecker.factorised_modules
     for batch in batches:
         sync(device)
         started = time.perf_counter()
@@ -133,7 +133,7 @@ def measure_rank(rank: int, args, resolved, tokenizer, encoded: list, device: to
         exact.append(torch.cat([g.cpu() for _, g in formed(activations)], dim=1))
         del activations
     features = {name: torch.cat(outputs[name]) for name in STAGES}
-    factorised_modules = (kronecker.factored_modules - factorised_before) // (len(batches) * args.repeats)
+    factorised_modules = (kronecker.factorised_modules - factorised_before) // (len(batches) * args.repeats)
     exact_cosines = pairwise_cosines(torch.cat(exact))
     del exact, model, hooks
     n = sum(len(b) for b in batches)

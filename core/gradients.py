@@ -159,19 +159,18 @@ def project_features(computer: GradientComputer, rows: Sequence[EncodedRow], pro
 
     The factorised projection (``KroneckerProjector``, LoGra) goes further for SGD features (the targets): it
     takes each module's activations and output gradients and never forms even one module's gradient where
-    that is cheaper.  Adam-aware features m'/sqrt(v' + eps) are non-linear in the
-    gradient, so they are formed module by module, made Adam-aware, and projected by the same Kronecker maps:
-    both kinds of feature land in one space.  Other computers or projectors: the whole gradient."""
+    that is cheaper.  Adam-aware features m'/sqrt(v' + eps) are non-linear in the gradient, so they are formed
+    module by module, made Adam-aware, and projected by the same Kronecker maps: both kinds land in one space.  Other computers or projectors: the whole gradient."""
     activations_of = getattr(computer, "module_activations", None)
-    if exp_avg is None and activations_of is not None and hasattr(projector, "project_activations"):
-        return projector.project_activations(activations_of(rows), sum(p.numel() for _, p in computer.params))
     pieces_of = getattr(computer, "gradient_pieces", None)
     if pieces_of is None or not hasattr(projector, "project_pieces"):
         grads = computer.gradients(rows)
         if exp_avg is not None:
             grads = adam_features(grads, exp_avg, exp_avg_sq, eps=eps)
         return projector.project(grads)
-    dim = exp_avg.numel() if exp_avg is not None else sum(p.numel() for _, p in computer.params)
+    dim = sum(p.numel() for _, p in computer.params)  # (the computers that stream pieces list their parameters)
+    if exp_avg is None and activations_of is not None and hasattr(projector, "project_activations"):
+        return projector.project_activations(activations_of(rows), dim)
 
     def pieces():
         for start, piece in pieces_of(rows):

@@ -152,7 +152,7 @@ class KroneckerProjector:
         self.block_starts = np.cumsum([0] + blocks)  # module m's first coordinate in the folded-from space
         self.fold = CountSketchProjector(dim, seed, sparsity)
         self._factors: dict[tuple[int, str], tuple[torch.Tensor | None, torch.Tensor | None]] = {}
-        self.factored_modules = 0  # how many modules went the factorised way (for tests and benchmarks)
+        self.factorised_modules = 0  # how many modules went the factorised way (for tests and benchmarks)
 
     def factors(self, module: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(P_out, P_in) of a module on ``device``; None for a side kept as it is."""
@@ -218,7 +218,7 @@ class KroneckerProjector:
                 out, inp = output_grads.shape[-1], inputs.shape[-1]
                 module = self._module_at(start, out * inp)
                 if self.factorised_is_cheaper(module, inputs.shape[1]):
-                    self.factored_modules += 1
+                    self.factorised_modules += 1
                     p_out, p_in = self.factors(module, inputs.device)
                     if p_out is not None:
                         output_grads = output_grads.float() @ p_out.T

@@ -148,7 +148,7 @@ def test_factorised_kronecker_features_equal_projecting_the_loop_gradient(tiny):
         features = project_features(hooks, rows, projector, *moments)
         whole = projector.project(adam_features(loop, *moments) if moments[0] is not None else loop)
         assert ((features - whole).norm(dim=1) / whole.norm(dim=1)).max().item() < 1e-4
-        assert projector.factored_modules == (len(shapes) if moments[0] is None else 0)
+        assert projector.factorised_modules == (len(shapes) if moments[0] is None else 0)
 
 
 def test_bf16_autocast_hook_gradients_stay_within_the_stated_tolerance(tiny):
@@ -178,7 +178,7 @@ def test_hook_gradients_on_cuda_equal_the_cpu_loop(tiny_model_dir):
     shapes = [tuple(p.shape) for _, p in lora_parameters(cpu)]
     projector = KroneckerProjector(128, 3, 2, shapes)
     factorised = project_features(gpu_hooks, rows, projector, None, None).cpu()
-    assert projector.factored_modules > 0
+    assert projector.factorised_modules > 0
     expected = projector.project(loop)
     assert ((factorised - expected).norm(dim=1) / expected.norm(dim=1).clamp(min=1e-12)).max() < 1e-4
 

@@ -125,7 +125,7 @@ def test_kronecker_from_activations_equals_projecting_the_formed_gradient():
     formed = torch.cat([torch.einsum("bto,bti->boi", g, x).reshape(batch, -1) for _, x, g in activations], dim=1)
     projector = KroneckerProjector(256, 5, 16, shapes, sparsity=2)
     from_activations = projector.project_activations(iter(activations), formed.shape[1])
-    assert projector.factored_modules == 2
+    assert projector.factorised_modules == 2
     expected = projector.project(formed)
     assert ((from_activations - expected).norm(dim=1) / expected.norm(dim=1)).max().item() < 1e-5
     # module pieces streamed one at a time give the same bits as the whole vector
