@@ -6,18 +6,15 @@ store and the current project) comes from ``app/session.py``.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `streamlit run app/main.py` puts app/ on the path, not the repo root
-    sys.path.insert(0, str(REPO))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
+from app import session
+from core.store import StoreError
+from core.views.data import markdown_code, markdown_text
 
-from app import session  # noqa: E402
-from core.data_view import markdown_code, markdown_text  # noqa: E402
-from core.store import StoreError  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent  # pages/ lies beside app/
 
 st.set_page_config(page_title="G2IS Explorer", page_icon=":material/hub:", layout="wide")
 

@@ -12,13 +12,13 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from core.config import cache_dir
-from core.data_view import markdown_text
-from core.demo import DEMO_PROJECT
-from core.projects import create_demo_project
-from core.maps import layout_info, load_layout
-from core.modeling import ModelError
-from core.selection_runs import FeatureIndex, FeaturesMissing, feature_index
+from core.data.demo import DEMO_PROJECT
+from core.data.projects import create_demo_project
+from core.features.modeling import ModelError
+from core.selection.runs import FeatureIndex, FeaturesMissing, feature_index
 from core.store import Store, StoreError
+from core.views.data import markdown_text
+from core.views.map import layout_info, load_layout
 
 
 @st.cache_resource(show_spinner=False)
@@ -101,7 +101,7 @@ def _feature_request_for(_store: Store, root: str, project: str, settings: str, 
 
 def feature_request(project: str, settings, status: dict):
     """``core.jobs.request_features`` for the Features page, cached on what it reads: the project's rows,
-    settings, feature sets and jobs (all in ``status``, from ``core.projects.project_status``).  Planning loads
+    settings, feature sets and jobs (all in ``status``, from ``core.data.projects.project_status``).  Planning loads
     the tokenizer and reads every row key (most of a second at 50k rows); any change to those inputs plans anew."""
     current = store()
     state = json.dumps([current.rows_version(project), status["features"],

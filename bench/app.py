@@ -16,22 +16,22 @@ What is real and what is synthetic in the cached project ``bench-app``:
 
 * Rows: real.  50,000 rows sampled (seeded, file order kept) from the 54,688 rows of ``../shared/data/pool/*.jsonl``
   and the 100 GSM8K test rows of ``../shared/data/targets/gsm8k.jsonl`` as targets, ingested with
-  ``core.ingest.ingest_files(..., on_error="skip")``.
+  ``core.data.ingest.ingest_files(..., on_error="skip")``.
 * Model: the tiny random Llama of the tests (``tests/conftest.py`` ``build_tiny_model``: 2 layers, hidden 64, a
   512-token byte-level BPE vocabulary trained on six sentences), projection dim 512, LoRA r=8.  ``max_tokens`` is 512,
   not 64: that tokenizer spends ~1.5 characters per token, so at 64 tokens every GSM8K target and ~90 % of the pool
   fail with "answer truncated away" and the project would have no target features at all.
-* Features: the real pipeline (``core.featurize.run_features``) runs first on a probe project of ``--probe-rows``
+* Features: the real pipeline (``core.features.featurize.run_features``) runs first on a probe project of ``--probe-rows``
   pool rows to measure its rate.  If the whole pool would take longer than ``--feature-budget`` seconds (it does: the
   probe handled 7.2 rows/s on the loaded 2 cores, ~2 hours for 50,000), the main project gets the real warmup, real target
   features and a real feature for pool row 0 (``run_features(..., limit=1)``), and the other pool rows get seeded
   synthetic clustered vectors written through the store's own API (``Store.register_feature_config`` /
-  ``write_chunk`` under the config key of ``core.featurize.plan_features``), so ``feature_index`` sees the set
+  ``write_chunk`` under the config key of ``core.features.featurize.plan_features``), so ``feature_index`` sees the set
   complete.  Synthetic vectors: a few cluster centres per source (half of the math sources' centres lean towards
   the real target features), within-cluster cosine ~0.3, row norms around the real pool row's.  Their token counts
   are the real ones of the tiny tokenizer; unlike the real pipeline, rows whose answer is cut away still get a
   vector, so all 50,000 pool rows have features (a worst case for the pages).
-* Artifacts: real, computed by the project's own code on those features: the gradient map (``core.maps.compute_map``:
+* Artifacts: real, computed by the project's own code on those features: the gradient map (``core.views.map.compute_map``:
   PCA-50 + UMAP of 50,100 points), the text map (MiniLM + UMAP; MiniLM embeds ~20 full rows/s here, so when all rows
   would take longer than ``--text-budget`` seconds each text is cut to its first ``--text-chars`` characters before
   embedding -- the layout still has every row), the kNN graph (``project_graph``, k=32), the G2IS walk run
@@ -67,13 +67,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 # Before numpy and torch load: 2 threads suit the 2 shared cores (``--threads`` also caps them after import).
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -151,7 +151,7 @@ def project_settings_for(model_dir: Path):
 
 
 def ingest(store, project: str, pool_path: Path, targets_path: Path, settings) -> None:
-    from core.ingest import ingest_files
+    from core.data.ingest import ingest_files
 
     if project not in store.projects():
         ingest_files(store, project, "pool", [pool_path], on_error="skip")
@@ -164,7 +164,7 @@ def probe_feature_rate(store, work: Path, pool_path: Path, targets_path: Path, s
     """The real pipeline's pool rate (rows that got a gradient per second) on a small probe project."""
     if "probe" in record.data["facts"]:
         return record.data["facts"]["probe"]
-    from core.featurize import run_features
+    from core.features.featurize import run_features
 
     probe_pool = work / f"probe_pool_{probe_rows}.jsonl"
     lines = [line + "\n" for line in pool_path.read_text(encoding="utf-8").split("\n") if line.strip()]
@@ -194,7 +194,7 @@ def probe_feature_rate(store, work: Path, pool_path: Path, targets_path: Path, s
 
 
 def _config_keys(store, project: str, settings) -> dict[str, str]:
-    from core.featurize import plan_features
+    from core.features.featurize import plan_features
 
     plan = plan_features(store, project, settings)
     return {role: plan.config_for(role).key for role in ("pool", "targets")}
@@ -234,8 +234,8 @@ def write_synthetic_pool(store, project: str, settings, seed: int) -> int:
     """Fill every pool row without a feature (or recorded error) with a synthetic vector, through the store's API."""
     from dataclasses import asdict
 
-    from core.featurize import _base_description, plan_features
-    from core.modeling import encode_messages, load_tokenizer, resolve_model
+    from core.features.featurize import _base_description, plan_features
+    from core.features.modeling import encode_messages, load_tokenizer, resolve_model
     from core.store import FeatureRowEntry
 
     tokenizer = load_tokenizer(resolve_model(settings.model))
@@ -271,8 +271,8 @@ def write_synthetic_pool(store, project: str, settings, seed: int) -> int:
 
 
 def ensure_features(store, project: str, settings, probe: dict, args, record: SetupRecord) -> None:
-    from core.featurize import run_features
-    from core.selection_runs import FeaturesMissing, feature_index
+    from core.features.featurize import run_features
+    from core.selection.runs import FeaturesMissing, feature_index
 
     try:
         feature_index(store, project)
@@ -312,9 +312,9 @@ def ensure_features(store, project: str, settings, probe: dict, args, record: Se
 
 
 def ensure_maps(store, project: str, args, record: SetupRecord) -> None:
-    import core.embeddings
-    from core import maps
-    from core.selection_runs import feature_index
+    import core.selection.embeddings
+    from core.selection.runs import feature_index
+    from core.views import map as maps
 
     index = feature_index(store, project)
     if maps.layout_info(store, project, "gradient", index) is None:
@@ -323,7 +323,7 @@ def ensure_maps(store, project: str, args, record: SetupRecord) -> None:
         say(f"  gradient map (PCA-50 + UMAP of {len(index.pool_ids) + len(index.target_ids):,} points): {seconds:.0f} s")
     if maps.layout_info(store, project, "text", index) is None:
         texts = [maps.row_text(r.messages) for r in store.rows(project, "pool", limit=128)]
-        _, sample_seconds = timed(core.embeddings.embed_texts, texts)
+        _, sample_seconds = timed(core.selection.embeddings.embed_texts, texts)
         n_points = len(index.pool_ids) + len(index.target_ids)
         projected = n_points * sample_seconds / len(texts)
         cut = projected > args.text_budget
@@ -332,14 +332,14 @@ def ensure_maps(store, project: str, args, record: SetupRecord) -> None:
             + (f": texts cut to their first {args.text_chars} characters" if cut else ""))
         record.fact("text_map", {"full_texts_per_s": round(len(texts) / sample_seconds, 1),
                                  "cut_to_chars": args.text_chars if cut else None})
-        embed = core.embeddings.embed_texts
+        embed = core.selection.embeddings.embed_texts
         if cut:
-            # compute_map imports embed_texts from core.embeddings at call time: the cut happens there and nowhere else.
-            core.embeddings.embed_texts = lambda all_texts, **kw: embed([t[:args.text_chars] for t in all_texts], **kw)
+            # compute_map imports embed_texts from core.selection.embeddings at call time: the cut happens there and nowhere else.
+            core.selection.embeddings.embed_texts = lambda all_texts, **kw: embed([t[:args.text_chars] for t in all_texts], **kw)
         try:
             _, seconds = timed(maps.compute_map, store, project, "text", index=index)
         finally:
-            core.embeddings.embed_texts = embed
+            core.selection.embeddings.embed_texts = embed
         record.step("map_text", seconds)
         say(f"  text map: {seconds:.0f} s")
 
@@ -347,8 +347,8 @@ def ensure_maps(store, project: str, args, record: SetupRecord) -> None:
 def ensure_graph_and_runs(store, project: str, record: SetupRecord) -> str:
     """The graph (k=32), the selection runs of Compare at its default budget, then the walk run (newest G2IS run, so
     it is the one the Walk page opens).  Returns the walk run's id."""
-    from core.selection import budget_from
-    from core.selection_runs import feature_index, load_project_features, project_graph, run_selection
+    from core.selection.methods import budget_from
+    from core.selection.runs import feature_index, load_project_features, project_graph, run_selection
 
     index = feature_index(store, project)
     walk = [r for r in store.selection_runs(project, "g2is")
@@ -659,9 +659,9 @@ def browser_walk_steps(cache: Path, walk_run: str, clicks: int) -> dict:
 
 def core_walk_breakdown(store, walk_run: str) -> dict:
     """The walk step's pieces outside Streamlit, to see which part of a step costs what."""
-    from core import walk_view
-    from core.maps import layout_info, load_layout
-    from core.selection_runs import feature_index
+    from core.selection.runs import feature_index
+    from core.views import walk as walk_view
+    from core.views.map import layout_info, load_layout
 
     index, index_seconds = timed(feature_index, store, PROJECT)
     replay, replay_seconds = timed(walk_view.load_replay, store, walk_run)

@@ -8,7 +8,7 @@ On the same rows (sampled deterministically from the real pool in /work/shared/d
 pool when that folder is absent) and the same model (default SmolLM2-135M-Instruct, LoRA r=8 on q,k,v,o as in
 ``LoraArguments()``), it measures rows/s and tokens/s of
 
-1. **ours**: what the feature job does per row, by calling ``core.featurize._features_for`` with the job's own
+1. **ours**: what the feature job does per row, by calling ``core.features.featurize._features_for`` with the job's own
    ``make_gradient_computer`` (the per-example loop on CPU, the batched hook computer on CUDA, which streams each
    LoRA module's gradient into the projection; ``--computer hooks`` takes that path on a CPU too), the default
    ``CountSketchProjector`` and the Adam transform;
@@ -24,7 +24,7 @@ pool when that folder is absent) and the same model (default SmolLM2-135M-Instru
 Tokens counted are the tokens each row's forward pass runs over (its encoded length after truncation to
 ``--max-tokens``; the job's throughput counter counts the same).  Tokenisation is done beforehand for all three,
 as the job does.  Every variant is warmed up on 2 rows that are not timed.  The model's LoRA state is a "quick
-state": one real AdamW warmup step (``core.lora.train_warmup``) on 4 other rows, which gives non-zero lora_B
+state": one real AdamW warmup step (``core.features.lora.train_warmup``) on 4 other rows, which gives non-zero lora_B
 (so lora_A gets gradients) and real Adam moments for the Adam transform.
 
 It checks that ours and the reference give the same *unprojected* per-example gradient (relative error; on CPU
@@ -42,30 +42,28 @@ The last lines are ``figure: NAME = VALUE``.
 """
 from __future__ import annotations
 
+import argparse
+import glob
+import math
+import os
+import random
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from core.config import FeatureSettings, LoraArguments, ProjectionArguments, WarmupArguments
+from core.data.formats import read_rows
+from core.features.featurize import _features_for
+from core.features.gradients import HookGradientComputer, LoopGradientComputer, flat_moments, make_gradient_computer
+from core.features.lora import add_lora, collate, gradient_dim, lora_parameters, token_loss, train_warmup
+from core.features.modeling import encode_messages, load_model, load_tokenizer, pick_device, resolve_model
+from core.features.projection import CountSketchProjector, RademacherProjector, _stream_key, make_projector
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import argparse  # noqa: E402
-import glob  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from core.config import FeatureSettings, LoraArguments, ProjectionArguments, WarmupArguments  # noqa: E402
-from core.featurize import _features_for  # noqa: E402
-from core.formats import read_rows  # noqa: E402
-from core.gradients import HookGradientComputer, LoopGradientComputer, flat_moments, make_gradient_computer  # noqa: E402
-from core.lora import add_lora, collate, gradient_dim, lora_parameters, token_loss, train_warmup  # noqa: E402
-from core.modeling import encode_messages, load_model, load_tokenizer, pick_device, resolve_model  # noqa: E402
-from core.projection import CountSketchProjector, RademacherProjector, _stream_key, make_projector  # noqa: E402
 
 SHARED_POOL = Path("/work/shared/data/pool")
 LESS_PROJECT_INTERVAL = 16  # LESS collect_grad_reps: gradients are projected every 16 examples
@@ -100,13 +98,13 @@ def load_pool_rows(folder: str):
     if files:
         rows, _ = read_rows(files, on_error="skip")
         return rows, f"{len(rows)} rows of {len(files)} real pool files in {folder}"
-    from core.demo import write_demo_files
+    from core.data.demo import write_demo_files
 
     print(f"[data] no pool files in {folder}: falling back to the built-in demo pool")
     with tempfile.TemporaryDirectory() as tmp:
         pool_path, _ = write_demo_files(tmp)
         rows, _ = read_rows([pool_path], on_error="skip")
-    return rows, f"{len(rows)} rows of the built-in demo pool (core.demo.demo_pool)"
+    return rows, f"{len(rows)} rows of the built-in demo pool (core.data.demo.demo_pool)"
 
 
 def pairwise_cosines(x: torch.Tensor) -> np.ndarray:
@@ -133,7 +131,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 def gaussian_block(seed: int, index: int, rows: int, dim: int) -> torch.Tensor:
     """Rows of a dense N(0, 1/K) matrix, regenerated per block from the seed (the Gaussian counterpart)."""
     generator = torch.Generator(device="cpu")
-    generator.manual_seed((int(_stream_key(seed + 7919, index)) & 0x7FFFFFFFFFFFFFFF))
+    generator.manual_seed(int(_stream_key(seed + 7919, index)) & 0x7FFFFFFFFFFFFFFF)
     return torch.randn(rows, dim, generator=generator) / math.sqrt(dim)
 
 
@@ -311,7 +309,7 @@ def main() -> int:
     ref_grads = torch.stack([ref_grad[r.content_hash] for r in rows])
     ref_feats = torch.stack([ref_feat[r.content_hash] for r in rows])
     del ours_grad, ref_grad, ref_feat
-    print(f"[ours] {type(job_computer).__name__} (batch {batch_size}) + CountSketch + Adam via core.featurize._features_for: {timings['ours']:.1f} s")
+    print(f"[ours] {type(job_computer).__name__} (batch {batch_size}) + CountSketch + Adam via core.features.featurize._features_for: {timings['ours']:.1f} s")
     print(f"[reference] batch-1 loop, HF labels loss, LESS Adam: {timings['ref_grad']:.1f} s (projection timed below)")
     print(f"[plain] batch {args.plain_batch}, length-sorted, one backward of the summed loss: {timings['plain']:.1f} s "
           f"({padded - total_tokens} padding tokens on top of {total_tokens})")
@@ -502,7 +500,7 @@ def main() -> int:
             results = [distortion(exact, out) for out in (cs_out, g_out, rad_out)]
             cells = "".join(f"{c:>9.4f} ({e:.3f})" for c, e in results)
             print(f"{name:<48}{len(exact):>7}{exact.mean():>12.3f} +-{exact.std():.3f}{cells}")
-            for label, (c, e) in zip(("countsketch", "gaussian", "rademacher"), results):
+            for label, (c, _e) in zip(("countsketch", "gaussian", "rademacher"), results):
                 figures[f"{label}_cosine_corr{suffix}"] = c
         ratios = (ours_proj.norm(dim=1) / real_feats.norm(dim=1)).numpy()
         print(f"CountSketch norm ratio on the real Adam features: {ratios.min():.3f}..{ratios.max():.3f}")

@@ -25,26 +25,24 @@ The last lines are ``figure: NAME = VALUE``.
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import os
+import random
+import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from bench.features import SHARED_POOL, distortion, load_pool_rows, pairwise_cosines, rel_err, sync
+from core.config import LoraArguments
+from core.features.gradients import HookGradientComputer, per_example_gradient
+from core.features.lora import add_lora, gradient_dim, lora_parameters
+from core.features.modeling import encode_messages, load_model, load_tokenizer, pick_device, resolve_model
+from core.features.projection import CountSketchProjector, KroneckerProjector
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from bench.features import SHARED_POOL, distortion, load_pool_rows, pairwise_cosines, rel_err, sync  # noqa: E402
-from core.config import LoraArguments  # noqa: E402
-from core.gradients import HookGradientComputer, per_example_gradient  # noqa: E402
-from core.lora import add_lora, gradient_dim, lora_parameters  # noqa: E402
-from core.modeling import encode_messages, load_model, load_tokenizer, pick_device, resolve_model  # noqa: E402
-from core.projection import CountSketchProjector, KroneckerProjector  # noqa: E402
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -8,7 +8,7 @@ three target sets from ``../shared/data/targets`` each make one project over tha
 * MMLU targets: the issue names no source, so the on-domain rule here is our choice, stated in the output:
   multiple-choice rows (a prompt with lettered options such as ``(A) ...`` or ``A. ...`` lines), from any source.
 
-Features are SmolLM2-135M-Instruct LoRA gradients from ``core.featurize`` with the project's default settings.
+Features are SmolLM2-135M-Instruct LoRA gradients from ``core.features.featurize`` with the project's default settings.
 Features are content-addressed, so the pool (and the warmup) is computed once for all three projects, and a second
 run of this script reuses everything from its cache (``cache/bench-quality`` unless ``--cache``).  On 2 idle CPU
 cores the first run costs roughly one second per row (~10–15 minutes for the default 480 + 84 rows).
@@ -32,7 +32,6 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Lettered options on their own lines: FLAN CoT's "(A) 300", MMLU's "A. 0".
@@ -89,9 +88,9 @@ def main() -> int:
         return 0
 
     from core.config import FeatureSettings
-    from core.featurize import run_features
-    from core.ingest import ingest_files
-    from core.selection_runs import load_project_features, run_selection
+    from core.data.ingest import ingest_files
+    from core.features.featurize import run_features
+    from core.selection.runs import load_project_features, run_selection
     from core.store import Store
 
     store = Store(args.cache)

@@ -11,7 +11,7 @@ end, it measures on this machine:
     fastest of three insert routes, picked on a 1,024-row trial) in one transaction + CHECKPOINT, and the read
     back into numpy through Arrow (``to_arrow_table()`` -> flat values -> reshape), checked bit-exact;
 (b) the same with a ``FLOAT[]`` (LIST) column;
-(c) .npy chunk files of ``--chunk`` rows, each written as ``core/store.py``'s ``write_chunk`` does it
+(c) .npy chunk files of ``--chunk`` rows, each written as ``core/store/``'s ``write_chunk`` does it
     (``np.save`` to ``.partial``, flush, fsync, ``os.replace``), each followed by a catalogue transaction in a
     small DuckDB database (a ``feature_chunks`` row + ``--chunk`` ``features`` rows inserted with the same
     ``NOT EXISTS`` statement as the store); read back as ``Store.feature_matrix`` does it: catalogue query,
@@ -29,23 +29,21 @@ The last lines are ``figure: NAME = VALUE``.
 """
 from __future__ import annotations
 
+import argparse
+import os
+import resource
+import shutil
 import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
+import duckdb
+import numpy as np
+import pyarrow as pa
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-
-import duckdb  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -325,16 +323,16 @@ def main() -> int:
           ".npy write = all chunk files with fsync + one catalogue transaction per chunk; read = Store.feature_matrix's way)")
     print(f"[total] {time.perf_counter() - t_start:.0f} s; peak RSS {rss_mib():.0f} MiB; load average now {os.getloadavg()[0]:.1f}")
 
-    a, l, c = results["array"], results["list"], results["npy"]
+    a, li, c = results["array"], results["list"], results["npy"]
     figures = {
         "duckdb_array_write_s": a["write_s"],
         "duckdb_array_read_s": a["read_s"],
         "duckdb_array_size_mib": a["size_mib"],
         "duckdb_array_chunked_write_s": a["chunked_write_s"],
-        "duckdb_list_write_s": l["write_s"],
-        "duckdb_list_read_s": l["read_s"],
-        "duckdb_list_size_mib": l["size_mib"],
-        "duckdb_list_chunked_write_s": l["chunked_write_s"],
+        "duckdb_list_write_s": li["write_s"],
+        "duckdb_list_read_s": li["read_s"],
+        "duckdb_list_size_mib": li["size_mib"],
+        "duckdb_list_chunked_write_s": li["chunked_write_s"],
         "npy_write_s": c["write_s"],
         "npy_files_write_s": c["file_s"],
         "npy_open_s": c["open_s"],
@@ -343,7 +341,7 @@ def main() -> int:
         "npy_size_mib": c["size_mib"],
         "duckdb_lock_ms_per_chunk": a["lock_ms_median"],
         "duckdb_lock_ms_per_chunk_max": a["lock_ms_max"],
-        "duckdb_list_lock_ms_per_chunk": l["lock_ms_median"],
+        "duckdb_list_lock_ms_per_chunk": li["lock_ms_median"],
         "npy_lock_ms_per_chunk": c["lock_ms_median"],
         "npy_lock_ms_per_chunk_max": c["lock_ms_max"],
     }

@@ -10,7 +10,7 @@ normalising the pool, PCA of the targets (sklearn), the signed component scores 
 once without and once with per-candidate event recording (what the Walk page stores to replay).
 
 The exact kNN graph of 100,000 x 8,192 rows costs ~1.6e14 multiply-adds, about an hour on 2 CPU cores (bench/selection.py
-times the exact builders at 20,000 rows; on a GPU ``core.graph`` builds it in tiles).  It is built once per feature
+times the exact builders at 20,000 rows; on a GPU ``core.selection.graph`` builds it in tiles).  It is built once per feature
 set and cached, so it is not part of a walk; here it is built exactly *within* each synthetic cluster (the clusters
 are nearly orthogonal, so a row's k nearest neighbours lie in its own cluster; conflict edges are then the most
 negative ones within the cluster) and its build time is printed apart.  The walk's own cost depends on N, k and the
@@ -20,18 +20,12 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+import numpy as np
+from selection import clustered_features, timed  # bench/selection.py: this script's folder is on sys.path
 
-import numpy as np  # noqa: E402
-
-from core.graph import GradientGraph, build_graph, normalize_rows  # noqa: E402
-from core.selection.g2is import G2ISParams, core_knowledge, make_plan, result_from_events, walk_events  # noqa: E402
-from selection import clustered_features, timed  # noqa: E402
+from core.selection.g2is import G2ISParams, core_knowledge, make_plan, result_from_events, walk_events
+from core.selection.graph import GradientGraph, build_graph, normalize_rows
 
 
 def within_cluster_graph(unit: np.ndarray, labels: np.ndarray, k: int) -> GradientGraph:
@@ -66,7 +60,7 @@ def main() -> None:
 
     (pool, targets, labels), seconds = timed(clustered_features, args.rows, args.dim, return_labels=True)
     print(f"data: pool {pool.shape} float32 ({pool.nbytes / 2**30:.1f} GiB), targets {targets.shape}, in {seconds:.0f} s")
-    # In place, as core.selection_runs.load_project_features does: the walk reads unit rows only.
+    # In place, as core.selection.runs.load_project_features does: the walk reads unit rows only.
     unit, normalize_seconds = timed(normalize_rows, pool, out=pool)
     del pool
     print(f"normalise pool: {normalize_seconds:.1f} s")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from core.config import PROJECTION_KINDS, FeatureSettings
-from core.projects import project_settings
+from core.data.projects import project_settings
 from core.store import Store
 
 
@@ -29,7 +29,7 @@ def _store() -> Store:
 
 
 def _settings_from_args(store: Store, args) -> FeatureSettings:
-    from core.projects import EDITABLE_SETTINGS, edit_settings
+    from core.data.projects import EDITABLE_SETTINGS, edit_settings
 
     flags = {"lora_targets": "lora_targets", "projection_kind": "proj_kind", "projection_dim": "proj_dim",
              "projection_seed": "proj_seed", "projection_sparsity": "proj_sparsity",
@@ -39,7 +39,7 @@ def _settings_from_args(store: Store, args) -> FeatureSettings:
 
 
 def cmd_ingest(args) -> int:
-    from core.ingest import ingest_files
+    from core.data.ingest import ingest_files
 
     store = _store()
     if not args.pool and not args.targets:
@@ -61,7 +61,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from core.projects import create_demo_project
+    from core.data.projects import create_demo_project
 
     store = _store()
     project = create_demo_project(store, args.project)
@@ -114,8 +114,8 @@ def cmd_features(args) -> int:
     from core.jobs import launch_features, request_features, run_job, start_features_job
 
     store = _store()
-    if args.ray:  # (core.distributed loads torch: imported only for a Ray run)
-        from core.distributed import RayUnavailable, require_ray
+    if args.ray:  # (core.features.distributed loads torch: imported only for a Ray run)
+        from core.features.distributed import RayUnavailable, require_ray
 
         if args.detach:
             raise ValueError("--ray runs the job in this process (the driver of the Ray cluster): drop --detach")
@@ -143,7 +143,7 @@ def cmd_features(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from core.projects import project_status
+    from core.data.projects import project_status
 
     status = project_status(_store(), args.project)
     if args.json:
@@ -164,7 +164,7 @@ def cmd_status(args) -> int:
 def cmd_dump(args) -> int:
     import numpy as np
 
-    from core.featurize import learning_rate_weights, plan_features
+    from core.features.featurize import learning_rate_weights, plan_features
 
     store = _store()
     stored = store.project_settings(args.project)
@@ -204,7 +204,7 @@ def cmd_dump(args) -> int:
 
 
 def _latest_graph(store: Store, project: str) -> dict | None:
-    from core.selection_runs import FeaturesMissing, feature_index
+    from core.selection.runs import FeaturesMissing, feature_index
 
     try:
         index = feature_index(store, project)
@@ -215,7 +215,7 @@ def _latest_graph(store: Store, project: str) -> dict | None:
 
 
 def cmd_graph(args) -> int:
-    from core.selection_runs import load_project_features, project_graph
+    from core.selection.runs import load_project_features, project_graph
 
     store = _store()
     features = load_project_features(store, args.project)
@@ -252,7 +252,7 @@ def _method_params(args) -> dict:
 
 
 def cmd_select(args, walk: bool = False) -> int:
-    from core.selection_runs import run_selection
+    from core.selection.runs import run_selection
 
     store = _store()
     method = "g2is" if walk else args.method
@@ -264,7 +264,7 @@ def cmd_select(args, walk: bool = False) -> int:
                         on_event=printer)
     result = run.result
     if args.out:
-        from core.export import export_selection
+        from core.selection.export import export_selection
 
         manifest = export_selection(store, run.run_id, args.format, args.out)
         print(f"wrote {manifest['selected']} rows to {manifest['path']} ({args.format}) and {manifest['manifest_path']}",
@@ -287,7 +287,7 @@ def cmd_select(args, walk: bool = False) -> int:
 
 
 def cmd_export(args) -> int:
-    from core.export import export_selection
+    from core.selection.export import export_selection
 
     store = _store()
     run_id = args.run
@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true")
     p.set_defaults(func=cmd_graph)
 
-    from core.export import EXPORT_FORMATS
+    from core.selection.export import EXPORT_FORMATS
 
     for name in ("select", "walk"):
         p = sub.add_parser(name, help="run a selection method and store the run" if name == "select"
@@ -451,8 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.formats import BadRowsError, FormatError
-    from core.modeling import ModelError
+    from core.data.formats import BadRowsError, FormatError
+    from core.features.modeling import ModelError
     from core.store import StoreBusyError, StoreError
 
     args = build_parser().parse_args(argv)

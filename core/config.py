@@ -158,7 +158,7 @@ class FeatureSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FeatureSettings":
+    def from_dict(cls, data: dict) -> FeatureSettings:
         data = dict(data)
         nested = {"lora": LoraArguments, "warmup": WarmupArguments, "projection": ProjectionArguments}
         for name, klass in nested.items():
@@ -170,5 +170,5 @@ class FeatureSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def replace(self, **changes: Any) -> "FeatureSettings":
+    def replace(self, **changes: Any) -> FeatureSettings:
         return dataclasses.replace(self, **changes)

@@ -20,15 +20,14 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from core.config import FeatureSettings
 from core.store import Job, Store, StoreError, cache_problem, now
 
 if TYPE_CHECKING:
-    from core.estimate import CostEstimate
-    from core.featurize import FeaturePlan
+    from core.features.estimate import CostEstimate
+    from core.features.featurize import FeaturePlan
 
 ACTIVE = ("queued", "running", "cancelling")
 QUEUED_GRACE_S = 60.0  # a worker has this long to take its lock after being spawned
@@ -103,8 +102,7 @@ def spawn_worker(store: Store, job_id: str) -> int:
     folder = store.root / "jobs"
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, G2IS_CACHE_DIR=str(store.root), PYTHONUNBUFFERED="1")
-    repo_root = Path(__file__).resolve().parent.parent
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo_root), env.get("PYTHONPATH")]))
+    repo_root = Path(__file__).resolve().parent.parent  # relative paths in the job's settings mean the checkout's
     with open(log_path(store, job_id), "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "core", "run-job", job_id],
@@ -147,8 +145,8 @@ def find_resumable(store: Store, project: str, settings: FeatureSettings, limit:
 class FeatureRequest:
     """What asking for a project's features amounts to, before anything runs."""
 
-    plan: "FeaturePlan"
-    estimate: "CostEstimate | None"  # None when everything is cached
+    plan: FeaturePlan
+    estimate: CostEstimate | None  # None when everything is cached
     resumable: JobView | None  # an unfinished job with the same settings, to resume instead of starting anew
     limit: int | None = None
 
@@ -159,9 +157,9 @@ class FeatureRequest:
 
 def request_features(store: Store, project: str, settings: FeatureSettings, limit: int | None = None) -> FeatureRequest:
     """Plan a project's features, estimate their cost and find a job to resume; records the settings."""
-    from core.estimate import estimate_cost
-    from core.featurize import plan_features
-    from core.modeling import load_tokenizer, resolve_model
+    from core.features.estimate import estimate_cost
+    from core.features.featurize import plan_features
+    from core.features.modeling import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(settings.model))
     plan = plan_features(store, project, settings, limit, tokenizer=tokenizer)
@@ -235,8 +233,8 @@ def _log_line(text: str, stream=None) -> None:
 
 def failure_message(store: Store, error: BaseException) -> str:
     """What a failed job tells the user: the message of our own errors, the disk's problem in plain words."""
-    from core.distributed import RayUnavailable
-    from core.modeling import ModelError
+    from core.features.distributed import RayUnavailable
+    from core.features.modeling import ModelError
 
     if isinstance(error, (StoreError, ModelError, RayUnavailable)):
         return str(error)
@@ -249,7 +247,7 @@ def failure_message(store: Store, error: BaseException) -> str:
 
 def run_job(store: Store, job_id: str) -> int:
     """Body of a worker process (or of an inline run): executes the job and records how it ended."""
-    from core.featurize import Cancelled, run_features
+    from core.features.featurize import Cancelled, run_features
 
     job = store.job(job_id)
     if job is None:
@@ -269,7 +267,7 @@ def run_job(store: Store, job_id: str) -> int:
 
         try:
             if job.params.get("ray"):  # computed on a Ray cluster; this process is its driver (core/distributed.py)
-                from core.distributed import run_features_ray
+                from core.features.distributed import run_features_ray
 
                 plan = run_features_ray(
                     store, job.project, settings, job.params.get("limit"), address=job.params["ray"], job_id=job_id,

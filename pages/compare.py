@@ -1,14 +1,23 @@
 """Compare page: several selection methods at one budget -- their overlap (Jaccard) matrix, the source
 composition of each selection, the rows only one method picked, and each run's notes.  A thin view over
-``core.compare``: stored runs are reused, and only the methods without one run, on the Run button."""
+``core.selection.compare``: stored runs are reused, and only the methods without one run, on the Run button."""
 from __future__ import annotations
 
 import streamlit as st
 
 from app import session
-from core.data_view import markdown_text
-from core.compare import (COMPARE_METHODS, METHOD_TITLES, UNIQUE_ROWS_LISTED, Comparison, compare_runs,
-                          composition_figure, jaccard_figure, plan_comparison, run_missing)
+from core.selection.compare import (
+    COMPARE_METHODS,
+    METHOD_TITLES,
+    UNIQUE_ROWS_LISTED,
+    Comparison,
+    compare_runs,
+    composition_figure,
+    jaccard_figure,
+    plan_comparison,
+    run_missing,
+)
+from core.views.data import markdown_text
 
 store, project = session.store(), session.project()
 st.title("Compare methods")

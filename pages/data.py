@@ -1,15 +1,15 @@
 """Data page: choose or create a project, upload its pool and target files (formats detected, bad rows listed with
 line and reason), and look at what it holds: counts, a preview, length and source charts, and one example's
-tokens with the ones the loss trains on highlighted.  A thin view over ``core.data_view``."""
+tokens with the ones the loss trains on highlighted.  A thin view over ``core.views.data``."""
 from __future__ import annotations
 
 import streamlit as st
 
 from app import session
-from core import data_view
-from core.modeling import ModelError
-from core.projects import project_settings
+from core.data.projects import project_settings
+from core.features.modeling import ModelError
 from core.store import ROLES
+from core.views import data as data_view
 
 store, project = session.store(), session.project()
 st.title("Data")

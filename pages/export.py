@@ -1,5 +1,5 @@
 """Export page: pick a stored selection run and a format (chat messages, Alpaca, ShareGPT), write it with its
-manifest under ``cache/exports/`` and download both.  A thin view over ``core.export.export_selection``."""
+manifest under ``cache/exports/`` and download both.  A thin view over ``core.selection.export.export_selection``."""
 from __future__ import annotations
 
 import shlex
@@ -8,9 +8,9 @@ from pathlib import Path
 import streamlit as st
 
 from app import session
-from core.compare import METHOD_TITLES
-from core.data_view import markdown_code, markdown_text
-from core.export import EXPORT_FORMATS, export_selection
+from core.selection.compare import METHOD_TITLES
+from core.selection.export import EXPORT_FORMATS, export_selection
+from core.views.data import markdown_code, markdown_text
 
 FORMAT_TITLES = {"messages": "chat messages", "alpaca": "Alpaca", "sharegpt": "ShareGPT"}
 

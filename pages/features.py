@@ -7,12 +7,12 @@ import streamlit as st
 from app import session
 from core import jobs
 from core.config import PROJECTION_KINDS
-from core.demo import DEMO_PROJECT
-from core.estimate import format_duration
-from core.data_view import markdown_code, markdown_text
-from core.modeling import ModelError
-from core.projects import edit_settings, project_settings, project_status
+from core.data.demo import DEMO_PROJECT
+from core.data.projects import edit_settings, project_settings, project_status
+from core.features.estimate import format_duration
+from core.features.modeling import ModelError
 from core.store import StoreError
+from core.views.data import markdown_code, markdown_text
 
 store, project = session.store(), session.project()
 st.title("Gradient features")

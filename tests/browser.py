@@ -76,7 +76,7 @@ class AppServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90.0) -> "AppServer":
+    def start(self, timeout: float = 90.0) -> AppServer:
         env = dict(os.environ, G2IS_CACHE_DIR=str(self.cache_root), PYTHONUNBUFFERED="1")
         command = [
             sys.executable, "-m", "streamlit", "run", "app/main.py",

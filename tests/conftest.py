@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(REPO))
 
 CHATML = (
     "{% for message in messages %}"
@@ -116,7 +114,7 @@ def tiny_settings(model_dir: Path, **changes):
 def make_project(folder: Path, store, n_pool: int = 40, n_targets: int = 6, project: str = "p", settings=None) -> None:
     """Ingest ``n_pool`` chat rows and ``n_targets`` target rows (groups g0, g1) into ``project``, from
     ``{project}-pool.jsonl`` and ``{project}-targets.jsonl`` written to ``folder``; store ``settings`` if given."""
-    from core.ingest import ingest_files
+    from core.data.ingest import ingest_files
 
     folder.mkdir(parents=True, exist_ok=True)
     targets = [dict(r, group=f"g{i % 2}") for i, r in enumerate(chat_rows(n_targets, "target"))]
@@ -127,7 +125,7 @@ def make_project(folder: Path, store, n_pool: int = 40, n_targets: int = 6, proj
 
 
 def subprocess_env(cache_root: Path) -> dict:
-    env = dict(os.environ, G2IS_CACHE_DIR=str(cache_root), PYTHONPATH=str(REPO))
+    env = dict(os.environ, G2IS_CACHE_DIR=str(cache_root))
     return env
 
 
@@ -139,8 +137,8 @@ def explore_cache_template(tmp_path_factory, tiny_model_dir) -> Path:
     """A cache holding project ``explore`` with complete tiny-model features, built once per test session:
     60 pool rows from three sources (math, code, chat; 20 each) and 6 target rows in two groups."""
     from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
-    from core.featurize import run_features
-    from core.ingest import ingest_files
+    from core.data.ingest import ingest_files
+    from core.features.featurize import run_features
     from core.store import Store
 
     folder = tmp_path_factory.mktemp("explore")

@@ -4,7 +4,7 @@ Used by tests/test_selection.py (identical picks on random inputs) and bench/sel
 written straight from the spec, with no vectorisation and no caching: every score is one ``np.dot``, every
 fallback re-sorts the remaining pool, every constraint is checked one pair at a time.
 
-Shared with the fast implementation on purpose: the row normalisation (``core.graph.normalize_rows``, tested on its
+Shared with the fast implementation on purpose: the row normalisation (``core.selection.graph.normalize_rows``, tested on its
 own) and sklearn's PCA call (also on one BLAS thread), so that both start from bit-identical unit vectors and
 components.  All dot products
 are float64 on the float32 unit rows, as in the fast walk; only exact mathematical ties could then be decided
@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
-from core.graph import normalize_rows
+from core.selection.graph import normalize_rows
 
 
 def _abs_cos(vector: np.ndarray, direction: np.ndarray) -> float:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import signal
 
+from conftest import REPO, chat_rows, write_jsonl
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, chat_rows, write_jsonl
 from core import jobs
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
-from core.ingest import ingest_files
+from core.data.ingest import ingest_files
 from core.store import Store
 
 MAIN = str(REPO / "app" / "main.py")

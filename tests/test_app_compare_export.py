@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import REPO, write_jsonl
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, write_jsonl
-from core.compare import compare_runs
-from core.export import SHAREGPT_SPEAKERS
-from core.ingest import ingest_files
-from core.selection_runs import run_selection
+from core.data.ingest import ingest_files
+from core.selection.compare import compare_runs
+from core.selection.export import SHAREGPT_SPEAKERS
+from core.selection.runs import run_selection
 from core.store import Store
 
 MAIN = str(REPO / "app" / "main.py")

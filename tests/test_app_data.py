@@ -1,5 +1,5 @@
 """The Data page, run by ``streamlit.testing.v1.AppTest`` (its file uploader included) against a real store, the real
-ingest and the real tiny-model tokenizer; and ``core.data_view``'s upload, overview and token functions directly."""
+ingest and the real tiny-model tokenizer; and ``core.views.data``'s upload, overview and token functions directly."""
 from __future__ import annotations
 
 import html
@@ -7,14 +7,14 @@ import json
 import re
 
 import pytest
+from conftest import REPO, chat_rows, write_jsonl
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, chat_rows, write_jsonl
-from core import data_view
 from core.config import FeatureSettings
-from core.ingest import ingest_files
-from core.modeling import encode_messages, load_tokenizer, resolve_model
+from core.data.ingest import ingest_files
+from core.features.modeling import encode_messages, load_tokenizer, resolve_model
 from core.store import Store
+from core.views import data as data_view
 
 MAIN = str(REPO / "app" / "main.py")
 DATA = "../pages/data.py"  # relative to app/main.py

@@ -1,4 +1,4 @@
-"""The Map and Graph pages and their core (``core.maps``, ``core.graph_view``): layouts computed once and read
+"""The Map and Graph pages and their core (``core.views.map``, ``core.views.graph``): layouts computed once and read
 back from the store, the tiny-project fallback, escaped user text in plotly hovers and pyvis titles, conflict
 edges drawn apart from similarity edges, and the pages themselves through ``AppTest`` on real tiny-model features.
 
@@ -10,16 +10,17 @@ import re
 
 import numpy as np
 import pytest
+from conftest import REPO, chat_rows, write_jsonl
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, chat_rows, write_jsonl
-from core import graph_view, maps
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
-from core.featurize import run_features
-from core.graph import build_graph, to_networkx
-from core.ingest import ingest_files
-from core.selection_runs import FeaturesMissing, feature_index, run_selection
+from core.data.ingest import ingest_files
+from core.features.featurize import run_features
+from core.selection.graph import build_graph, to_networkx
+from core.selection.runs import FeaturesMissing, feature_index, run_selection
 from core.store import Store
+from core.views import graph as graph_view
+from core.views import map as maps
 
 MAIN = str(REPO / "app" / "main.py")
 SCRIPT = "<script>alert('map')</script>"

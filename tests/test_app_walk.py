@@ -9,15 +9,15 @@ import time
 
 import numpy as np
 import pyarrow as pa
+from conftest import REPO, make_project, tiny_settings
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, make_project, tiny_settings
-from core.maps import layout_key
-from core.graph import normalize_rows
-from core.selection_runs import feature_index, load_project_features, row_text, run_selection
-from core.data_view import markdown_text
+from core.selection.graph import normalize_rows
+from core.selection.runs import feature_index, load_project_features, row_text, run_selection
 from core.store import Store
-from core.walk_view import Pick, load_replay, map_backdrop, walk_path_figure
+from core.views.data import markdown_text
+from core.views.map import layout_key
+from core.views.walk import Pick, load_replay, map_backdrop, walk_path_figure
 
 MAIN = str(REPO / "app" / "main.py")
 WALK = "../pages/walk.py"  # relative to app/main.py

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from browser import StreamlitPage, module_browser, module_marks, module_server, stop_job_workers, page_for_test
+from browser import StreamlitPage, module_browser, module_marks, module_server, page_for_test, stop_job_workers
 from conftest import EXPLORE_PROJECT, REPO, chat_rows, write_jsonl
+
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
-from core.demo import DEMO_PROJECT
+from core.data.demo import DEMO_PROJECT
 from core.store import Store
 
 pytestmark = module_marks()
@@ -90,8 +90,8 @@ def browser():
 def browser_cache(browser, explore_cache_template, tiny_model_dir, tmp_path_factory):
     """A cache with project ``explore`` (complete tiny-model features plus stored G2IS, LESS and random runs, so
     the walk, compare and export pages have something to show) and the demo project set to the tiny model."""
-    from core.projects import create_demo_project
-    from core.selection_runs import load_project_features, run_selection
+    from core.data.projects import create_demo_project
+    from core.selection.runs import load_project_features, run_selection
 
     root = tmp_path_factory.mktemp("browser") / "cache"
     shutil.copytree(explore_cache_template, root, ignore=shutil.ignore_patterns("*.lock"))

@@ -19,11 +19,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-
 from browser import StreamlitPage, module_browser, module_marks, module_server, page_for_test
 from conftest import write_jsonl
+
 from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
-from core.demo import DEMO_PROJECT
+from core.data.demo import DEMO_PROJECT
 from core.store import Store
 
 pytestmark = module_marks()
@@ -41,7 +41,7 @@ PAYLOADS = [
 PROJECT = "pwn<img src=x onerror=alert(1)>[l](javascript:alert(1)):red[p]$x$"
 FILE_STEM = "pool<img src=x onerror=alert(1)>"
 
-# A project of 7 pool rows and 2 targets: under core.maps.MIN_UMAP_POINTS, so the maps are PCA (no UMAP compile).
+# A project of 7 pool rows and 2 targets: under core.views.map.MIN_UMAP_POINTS, so the maps are PCA (no UMAP compile).
 POOL_ROWS = 7
 
 PAGES = ["data", "features", "map", "graph", "walk", "compare", "export"]
@@ -98,10 +98,10 @@ def browser():
 @pytest.fixture(scope="module")
 def hostile_cache(browser, tiny_model_dir, tmp_path_factory) -> Path:
     """The hostile project with complete tiny-model features, G2IS/LESS/random runs and both map layouts."""
-    from core import maps
-    from core.featurize import run_features
-    from core.ingest import ingest_files
-    from core.selection_runs import feature_index, load_project_features, run_selection
+    from core.data.ingest import ingest_files
+    from core.features.featurize import run_features
+    from core.selection.runs import feature_index, load_project_features, run_selection
+    from core.views import map as maps
 
     folder = tmp_path_factory.mktemp("hostile")
     store = Store(folder / "cache")

@@ -5,8 +5,8 @@ import math
 import re
 from collections import Counter
 
-from core import demo
-from core.formats import read_rows
+from core.data import demo
+from core.data.formats import read_rows
 
 
 def test_pool_and_targets_are_deterministic_and_byte_identical(tmp_path):

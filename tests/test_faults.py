@@ -31,15 +31,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    REPO,
+    build_tiny_model,
+    chat_rows,
+    make_project,
+    subprocess_env,
+    tiny_settings,
+    wait_for,
+    write_jsonl,
+)
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, build_tiny_model, chat_rows, make_project, subprocess_env, tiny_settings, wait_for, write_jsonl
 from core import jobs
 from core.cli import main
 from core.config import FeatureSettings, ProjectionArguments
-from core.featurize import BatchSize, plan_features, run_features
-from core.gradients import HookGradientComputer
-from core.ingest import ingest_files
+from core.data.ingest import ingest_files
+from core.features.featurize import BatchSize, plan_features, run_features
+from core.features.gradients import HookGradientComputer
 from core.store import Store
 
 MAIN = str(REPO / "app" / "main.py")
@@ -59,9 +68,8 @@ def app_messages(app: AppTest) -> str:
 
 AS_UNPRIVILEGED = r"""
 import os, pwd, sys
-sys.path.insert(0, sys.argv[1])
 # Import first: after dropping root, the interpreter's own library (under /root) is unreadable to nobody.
-import core.cli, core.export, core.formats, core.ingest, core.jobs, core.modeling, core.projects  # noqa: E401
+import core.cli, core.selection.export, core.data.formats, core.data.ingest, core.jobs, core.features.modeling, core.data.projects  # noqa: E401
 if os.geteuid() == 0:
     user = pwd.getpwnam("nobody")
     os.setgroups([])
@@ -123,7 +131,6 @@ def test_read_only_cache_gives_a_clear_message_from_the_cli(shared_folder, obser
 
 APP_AS_UNPRIVILEGED = r"""
 import os, pwd, sys
-sys.path.insert(0, sys.argv[1])
 from streamlit.testing.v1 import AppTest
 # A first run as root on a writable cache loads every module the app's first lines need.
 os.environ["G2IS_CACHE_DIR"] = sys.argv[3]
@@ -384,12 +391,12 @@ class OutOfMemoryAbove(HookGradientComputer):
 
 @pytest.mark.reliability("fault", "CUDA out of memory shrinks the batch (CPU check of the code path)")
 def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, tiny_model_dir, monkeypatch, observed):
-    import core.featurize
+    import core.features.featurize
 
     settings = tiny_settings(tiny_model_dir, batch_size=8, chunk_rows=8)
     results = {}
     for name, computer in (("clean", HookGradientComputer), ("oom", OutOfMemoryAbove)):
-        monkeypatch.setattr(core.featurize, "make_gradient_computer", lambda model, pad, device, precision="float32", activations=False, c=computer: c(model, pad))
+        monkeypatch.setattr(core.features.featurize, "make_gradient_computer", lambda model, pad, device, precision="float32", activations=False, c=computer: c(model, pad))
         store = Store(tmp_path / name)
         make_project(tmp_path / name, store, n_pool=20)
         lines: list[str] = []
@@ -428,9 +435,9 @@ class OutOfMemoryAboveTokens(HookGradientComputer):
 def test_batch_size_follows_row_length_once_memory_ran_out(tiny_model_dir):
     """With no batch size to tune: after one out-of-memory error the padded-token cap lets short rows share big
     batches and gives long rows small ones; every row gets the features a batch-of-one run gives."""
-    from core.featurize import FeatureEngine
-    from core.lora import add_lora
-    from core.modeling import EncodedRow, load_model, load_tokenizer, resolve_model
+    from core.features.featurize import FeatureEngine
+    from core.features.lora import add_lora
+    from core.features.modeling import EncodedRow, load_model, load_tokenizer, resolve_model
     from core.store import RowKey
 
     settings = tiny_settings(tiny_model_dir, batch_size=32, chunk_rows=1000)
@@ -456,7 +463,7 @@ def test_batch_size_follows_row_length_once_memory_ran_out(tiny_model_dir):
     batches = OutOfMemoryAboveTokens.batches
     assert sum(rows for rows, _ in batches) == len(lengths)
     assert all(rows * longest <= OutOfMemoryAboveTokens.budget for rows, longest in batches)
-    by_length = {longest: max(rows for rows, l in batches if l == longest) for _, longest in batches}
+    by_length = {longest: max(rows for rows, top in batches if top == longest) for _, longest in batches}
     assert by_length[4] > by_length[8] > by_length[20] >= 1, batches
     # The first batch was all 22 rows (padded to the longest, 20); a few halvings of the cap, then none.
     assert lines[0].startswith("out of GPU memory with a batch of 22 rows x 20 tokens") and len(lines) <= 3, lines
@@ -464,8 +471,8 @@ def test_batch_size_follows_row_length_once_memory_ran_out(tiny_model_dir):
 
 def test_out_of_memory_for_a_single_example_is_that_rows_error(tiny_model_dir):
     """Even one example does not fit: the row gets an error that says what to do, and the batch size is 1."""
-    from core.featurize import _features_for
-    from core.modeling import EncodedRow
+    from core.features.featurize import _features_for
+    from core.features.modeling import EncodedRow
     from core.store import StoredRow
 
     class AlwaysOutOfMemory:
@@ -483,11 +490,11 @@ def test_out_of_memory_for_a_single_example_is_that_rows_error(tiny_model_dir):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here; the CPU test above runs the same code path")
 @pytest.mark.reliability("fault", "CUDA out of memory shrinks the batch (real GPU)")
 def test_real_cuda_out_of_memory_halves_the_batch(tiny_model_dir, observed):
-    from core.featurize import _features_for
-    from core.gradients import HookGradientComputer
-    from core.lora import add_lora
-    from core.modeling import encode_messages, load_model, load_tokenizer, resolve_model
-    from core.projection import make_projector
+    from core.features.featurize import _features_for
+    from core.features.gradients import HookGradientComputer
+    from core.features.lora import add_lora
+    from core.features.modeling import encode_messages, load_model, load_tokenizer, resolve_model
+    from core.features.projection import make_projector
     from core.store import StoredRow
 
     settings = tiny_settings(tiny_model_dir, max_tokens=512, batch_size=32)
@@ -540,7 +547,7 @@ def test_two_sessions_read_while_a_job_writes(tmp_path, cache, tiny_model_dir, o
     stop = threading.Event()
 
     def session(number: int) -> None:
-        from core.projects import project_status
+        from core.data.projects import project_status
 
         last = -1
         while not stop.is_set():
@@ -600,9 +607,8 @@ def chromium():
     reason = browser_missing()
     if reason:
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
     from browser import launch_chromium
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)

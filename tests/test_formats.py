@@ -1,4 +1,4 @@
-"""Tests for core/formats.py: the four instruction formats, every documented error, ids, streaming.
+"""Tests for core/data/formats.py: the four instruction formats, every documented error, ids, streaming.
 
 Every test writes real files under tmp_path and reads them through the public API.
 """
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(REPO))
-
-from core import formats  # noqa: E402
-from core.formats import (  # noqa: E402
+from core.data import formats
+from core.data.formats import (
     FORMATS,
     BadRowsError,
     FormatError,
@@ -34,6 +29,8 @@ from core.formats import (  # noqa: E402
     read_rows,
 )
 
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
@@ -573,7 +570,7 @@ def test_json_reading_does_not_depend_on_chunk_size(tmp_path, monkeypatch, chunk
     records[4] = 7  # one bad element in the middle
     pretty = write(tmp_path / "p.json", json_array_bytes(records, indent=3))
     minified = write(tmp_path / "m.json", json_array_bytes(records, indent=None))
-    broken = write(tmp_path / "b.json", json_array_bytes(records, indent=1).replace("Antwort 9".encode(), b"Antw\xe9rt 9"))
+    broken = write(tmp_path / "b.json", json_array_bytes(records, indent=1).replace(b"Antwort 9", b"Antw\xe9rt 9"))
     expected = {p: (read_all(p, on_error="skip")) for p in (pretty, minified, broken)}
     monkeypatch.setattr(formats, "_READ_CHUNK_BYTES", chunk)
     for path, (rows, report) in expected.items():
@@ -607,7 +604,7 @@ def test_streaming_memory_is_bounded(tmp_path):
     try:
         report = ReadReport(file=str(path), format=None)
         count = 0
-        for row in iter_rows(path, report=report):
+        for _row in iter_rows(path, report=report):
             count += 1
         _, peak = tracemalloc.get_traced_memory()
     finally:

@@ -12,7 +12,7 @@ drawn file goes through the readers and the store:
   row is left, refuses with a message and leaves the store exactly as it was.
 
 On top of those invariants each class states what it expects: the error reason (a regex) and line of the bad
-record, a whole-file error, or a documented acceptance (see ``core/formats.py``'s docstring).
+record, a whole-file error, or a documented acceptance (see ``core/data/formats.py``'s docstring).
 """
 from __future__ import annotations
 
@@ -25,22 +25,23 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
+import tomllib
+from conftest import REPO, subprocess_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import REPO, subprocess_env
 from test_formats import nonblank_lines
-from core import config, data_view
-from core.formats import FORMATS, BadRowsError, FormatError, ReadReport, RowError, SeenIds, iter_rows
-from core.ingest import ingest_files
+
+from core import config
+from core.data.formats import FORMATS, BadRowsError, FormatError, ReadReport, RowError, SeenIds, iter_rows
+from core.data.ingest import ingest_files
 from core.store import Store
+from core.views import data as data_view
 
 PROJECT = "fuzz"
 CONTAINERS = (".jsonl", ".json")
@@ -608,7 +609,7 @@ def malformed_content_parts(draw):
 
 def malformed_alpaca_history(draw):
     def bad(draw, fmt, goods):
-        item = draw(st.one_of(st.lists(TEXT, min_size=0, max_size=3).filter(lambda l: len(l) != 2),
+        item = draw(st.one_of(st.lists(TEXT, min_size=0, max_size=3).filter(lambda items: len(items) != 2),
                               st.tuples(TEXT, JSON_SCALARS.filter(lambda v: not isinstance(v, str))).map(list),
                               JSON_SCALARS))
         return record_with(draw, fmt, "history", [["Hi", "Hello"], item])
@@ -945,7 +946,7 @@ MEMORY_SCRIPT = r"""
 import json, sys, time
 from pathlib import Path
 rows, folder = int(sys.argv[1]), Path(sys.argv[2])
-from core.ingest import ingest_files
+from core.data.ingest import ingest_files
 from core.store import Store
 
 path = folder / "big.jsonl"

@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
-
 from conftest import chat_rows
+
 from core.config import LoraArguments
-from core.gradients import HookGradientComputer, LoopGradientComputer, adam_features, project_features
-from core.lora import add_lora, collate, gradient_dim, lora_parameters, token_loss
-from core.modeling import encode_messages, load_model, load_tokenizer, resolve_model
-from core.projection import CountSketchProjector, KroneckerProjector
+from core.features.gradients import HookGradientComputer, LoopGradientComputer, adam_features, project_features
+from core.features.lora import add_lora, collate, gradient_dim, lora_parameters, token_loss
+from core.features.modeling import encode_messages, load_model, load_tokenizer, resolve_model
+from core.features.projection import CountSketchProjector, KroneckerProjector
 
 
 @pytest.fixture(scope="module")

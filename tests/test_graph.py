@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.graph import GradientGraph, build_graph, normalize_rows, to_networkx
+from core.selection.graph import GradientGraph, build_graph, normalize_rows, to_networkx
 
 
 def brute_force(features: np.ndarray, k: int, k_neg: int):

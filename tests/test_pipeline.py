@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, chat_rows, make_project, subprocess_env, tiny_settings, wait_for, write_jsonl
+
 from core import jobs
 from core.cli import main
 from core.config import FeatureSettings, ProjectionArguments
-from core.featurize import plan_features, run_features
+from core.features.featurize import plan_features, run_features
 from core.store import Store
 
 
@@ -77,7 +77,7 @@ def test_features_are_reproducible_and_shared_across_limits(tmp_path, cache, tin
 def test_feature_keys_follow_what_changes_the_numbers(tmp_path, cache, tiny_model_dir, monkeypatch):
     """Same settings, same keys (the cache is found again); bf16 precision or a bumped FEATURE_CODE_VERSION give
     other keys, so features computed otherwise are never mistaken for these; batch size does not change them."""
-    import core.featurize
+    import core.features.featurize
 
     store = Store()
     make_project(tmp_path, store, n_pool=8)
@@ -95,7 +95,7 @@ def test_feature_keys_follow_what_changes_the_numbers(tmp_path, cache, tiny_mode
     assert kronecker[0] == default[0] and not set(kronecker[1:]) & set(default[1:])
     assert keys(projection=ProjectionArguments("kronecker", 256, factor_dim=8))[1:] != kronecker[1:]
     assert keys(projection=ProjectionArguments(dim=256, factor_dim=8)) == default  # only kronecker uses it
-    monkeypatch.setattr(core.featurize, "FEATURE_CODE_VERSION", 2)
+    monkeypatch.setattr(core.features.featurize, "FEATURE_CODE_VERSION", 2)
     bumped = keys()
     assert not set(bumped) & set(default) and not set(bumped) & set(bf16)
 
@@ -127,7 +127,7 @@ def test_background_worker_and_bad_rows_are_recorded(tmp_path, cache, tiny_model
     store = Store()
     make_project(tmp_path, store, n_pool=12)
     # a row whose prompt fills the whole token budget cannot be trained on: recorded, and the job goes on
-    from core.ingest import ingest_files
+    from core.data.ingest import ingest_files
 
     rows = chat_rows(12, "pool") + [{"id": "too-long", "messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]}]
     ingest_files(store, "p", "pool", [write_jsonl(tmp_path / "pool2.jsonl", rows)])
@@ -194,7 +194,6 @@ def test_resume_after_kill_9_recomputes_nothing_and_loses_nothing(tmp_path, cach
 READER = r"""
 import json, sys, time
 import numpy as np
-sys.path.insert(0, sys.argv[1])
 from core.store import Store
 store, job_id, pool_key, seconds = Store(), sys.argv[2], sys.argv[3], float(sys.argv[4])
 seen, reads, last = [], 0, -1

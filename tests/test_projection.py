@@ -7,10 +7,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
-from core.projection import CountSketchProjector, KroneckerProjector, RademacherProjector, make_projector, splitmix64
+
 from core.config import ProjectionArguments
+from core.features.projection import (
+    CountSketchProjector,
+    KroneckerProjector,
+    RademacherProjector,
+    make_projector,
+    splitmix64,
+)
 
 
 def _low_rank_gradients(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -57,8 +63,8 @@ def test_projection_is_identical_in_another_process(tmp_path):
         "rad": RademacherProjector(256, seed=3, block_rows=700).project(grads).numpy(),
     }
     code = (
-        "import sys, numpy as np, torch; sys.path.insert(0, sys.argv[1]);"
-        "from core.projection import CountSketchProjector as C, RademacherProjector as R;"
+        "import sys, numpy as np, torch; "
+        "from core.features.projection import CountSketchProjector as C, RademacherProjector as R;"
         "x = torch.load(sys.argv[2], weights_only=True); np.save(sys.stdout.buffer, np.concatenate([C(256, seed=3, sparsity=2).project(x).numpy(), R(256, seed=3, block_rows=700).project(x).numpy()]))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(REPO), str(tmp_path / "grads.pt")], capture_output=True, check=True, cwd=str(REPO)).stdout

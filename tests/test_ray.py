@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_project, tiny_settings
 
-from conftest import REPO, make_project, tiny_settings
 from core.cli import main
-from core.featurize import Cancelled, plan_features, run_features
+from core.features.featurize import Cancelled, plan_features, run_features
 from core.store import Store
 
 N_POOL = 40
@@ -22,8 +22,8 @@ N_POOL = 40
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    # Workers are separate processes: point them at this checkout whatever directory pytest runs from.
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    # Workers are separate processes on this interpreter, where `pip install -e .` made `core` importable.
+    ray.init(num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
 
@@ -85,7 +85,7 @@ def test_cli_ray_run_equals_a_single_machine_run(ray_cluster, reference, tmp_pat
     assert_equals_reference(store, tiny_model_dir, reference)
     assert_nothing_computed_twice(store, tiny_model_dir)
 
-    from core.selection_runs import load_project_features
+    from core.selection.runs import load_project_features
 
     features = load_project_features(store, "p")  # the selection side reads it as any cache
     assert features.pool.shape == (N_POOL, 256) and len(features.target_ids) == len(reference["targets"])
@@ -95,7 +95,7 @@ def test_cli_ray_run_equals_a_single_machine_run(ray_cluster, reference, tmp_pat
 
 @pytest.mark.reliability("fault", "a Ray worker process dies mid-shard")
 def test_a_killed_worker_is_retried_and_the_result_is_unchanged(ray_cluster, reference, tmp_path, tiny_model_dir, observed):
-    from core.distributed import run_features_ray
+    from core.features.distributed import run_features_ray
 
     store = new_project(tmp_path)
     marker = tmp_path / "worker-killed"
@@ -111,7 +111,7 @@ def test_a_killed_worker_is_retried_and_the_result_is_unchanged(ray_cluster, ref
 
 
 def test_cancel_then_resume_computes_only_the_missing_rows(ray_cluster, reference, tmp_path, tiny_model_dir):
-    from core.distributed import run_features_ray
+    from core.features.distributed import run_features_ray
 
     store = new_project(tmp_path)
     settings = tiny_settings(tiny_model_dir)
@@ -140,7 +140,7 @@ def test_resume_of_a_cancelled_ray_job_runs_a_background_driver(ray_cluster, ref
     """``resume JOB`` (the CLI's and the Features page's) on a Ray job: a background worker process becomes the
     driver of its own local Ray instance (the job's address is "local") and finishes the job."""
     from core import jobs
-    from core.distributed import run_features_ray
+    from core.features.distributed import run_features_ray
 
     store = new_project(tmp_path)
     settings = tiny_settings(tiny_model_dir)
@@ -161,9 +161,9 @@ def test_resume_of_a_cancelled_ray_job_runs_a_background_driver(ray_cluster, ref
 
 
 def test_a_worker_with_other_model_files_refuses_to_compute(ray_cluster, tiny_model_dir):
-    from core.distributed import Shard, WorkerSpec, _compute_shard, _shard_result
-    from core.featurize import CheckpointPlan, FeatureConfig
-    from core.modeling import ModelError
+    from core.features.distributed import Shard, WorkerSpec, _compute_shard, _shard_result
+    from core.features.featurize import CheckpointPlan, FeatureConfig
+    from core.features.modeling import ModelError
 
     spec = WorkerSpec(tiny_settings(tiny_model_dir), "not-these-weights", 0, use_gpu=False)
     ref = ray_cluster.remote(_compute_shard).options(max_retries=0).remote(spec, "ckpt", "sgd", [None], [], {}, None)

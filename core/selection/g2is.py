@@ -1,7 +1,7 @@
 """G2IS: Gradient-based Graph Instruction Selection (Zhao et al., ACL 2025), Algorithm 1 as in algorithms.md 1.3-1.6.
 
 Role in the pipeline: given the pool's Adam-aware gradient features, the targets' SGD gradient features and the
-kNN gradient graph (``core.graph``), pick ``budget`` pool rows.  Steps:
+kNN gradient graph (``core.selection.graph``), pick ``budget`` pool rows.  Steps:
 
 1. Core knowledge: sklearn PCA on the *raw* target features (``core_knowledge``); component weights
    w_v = ratio_v / sum(ratio); per-component budgets by largest remainder (``component_budgets``).
@@ -26,14 +26,15 @@ the reference except on exact mathematical ties.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 from sklearn.decomposition import PCA
 
-from core.graph import DEFAULT_K, GradientGraph, build_graph, normalize_rows
-from core.selection import SelectionResult, check_pool_and_targets, clip_budget, resolve_params
+from core.selection.graph import DEFAULT_K, GradientGraph, build_graph, normalize_rows
+from core.selection.methods import SelectionResult, check_pool_and_targets, clip_budget, resolve_params
 
 
 # --------------------------------------------------------------------------------------------------- parameters
@@ -65,7 +66,7 @@ class G2ISParams:
             raise ValueError(f"graph k must be a positive integer, got {self.k!r}")
 
     @classmethod
-    def from_dict(cls, params: dict | None) -> "G2ISParams":
+    def from_dict(cls, params: dict | None) -> G2ISParams:
         defaults = {f.name: f.default for f in fields(cls)}
         return cls(**resolve_params(defaults, params, "g2is"))
 
@@ -293,7 +294,7 @@ class WalkPlan:
             self._rankings[component] = np.argsort(-self.scores[:, component], kind="stable")
         return self._rankings[component]
 
-    def with_params(self, **changes) -> "WalkPlan":
+    def with_params(self, **changes) -> WalkPlan:
         """The same plan with other walk switches (delta, ablations); PCA-shaping params cannot change here."""
         params = G2ISParams.from_dict({**asdict(self.params), **changes})
         if (params.val_k, params.n_components, params.k) != (self.params.val_k, self.params.n_components, self.params.k):
@@ -313,7 +314,7 @@ def prepare_walk(
 ) -> WalkPlan:
     """PCA, budgets, signed scores and (when needed and not given) the graph.
 
-    ``pool_is_unit=True`` says ``pool_features`` already went through ``core.graph.normalize_rows``, which saves a
+    ``pool_is_unit=True`` says ``pool_features`` already went through ``core.selection.graph.normalize_rows``, which saves a
     copy of a large pool.
     """
     params = params if isinstance(params, G2ISParams) else G2ISParams.from_dict(params)

@@ -12,14 +12,20 @@ form of that and do not need equal sizes [I].
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from core.graph import normalize_rows
-from core.selection import (SelectionResult, check_features, check_groups, clip_budget, ranked_top,
-                            resolve_params)
+from core.selection.graph import normalize_rows
+from core.selection.methods import (
+    SelectionResult,
+    check_features,
+    check_groups,
+    clip_budget,
+    ranked_top,
+    resolve_params,
+)
 
 DEFAULTS = {"checkpoint_weights": None}
 

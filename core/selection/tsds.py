@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.graph import normalize_rows
-from core.selection import SelectionResult, check_pool_and_targets, clip_budget, resolve_params
+from core.selection.graph import normalize_rows
+from core.selection.methods import SelectionResult, check_pool_and_targets, clip_budget, resolve_params
 
 UNIFORM_DEFAULTS = {"alpha": 0.5, "C": 5.0, "max_K": 5000, "seed": 0, "with_replacement": False, "normalize": True}
 KDE_DEFAULTS = {**UNIFORM_DEFAULTS, "sigma": 0.75, "kde_K": 1000}

@@ -24,15 +24,15 @@ import math
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
 from core.config import FeatureSettings
-from core.featurize import (
+from core.features.featurize import (
     FeatureChunk,
     FeatureConfig,
     FeatureEngine,
@@ -44,15 +44,14 @@ from core.featurize import (
     refresh_plan,
     store_chunk,
 )
-from core.lora import add_lora, read_checkpoint
-from core.modeling import EncodedRow, ModelError, load_model, model_key, resolve_model
+from core.features.lora import add_lora, read_checkpoint
+from core.features.modeling import EncodedRow, ModelError, load_model, model_key, resolve_model
 from core.store import RowKey, Store
 
-RAY_MISSING = "Ray is not installed: pip install -r requirements-ray.txt"
+RAY_MISSING = "Ray is not installed: pip install -e '.[ray]'"
 TASK_RETRIES = 3  # a shard whose worker dies is run again this many times before the job fails
 SHARDS_PER_WORKER = 4  # at least this many shards per worker (when there are enough rows), so uneven ones balance
 IN_FLIGHT_PER_WORKER = 2  # tasks submitted per worker at a time: busy workers, without shipping the whole pool at once
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class RayUnavailable(RuntimeError):
@@ -181,9 +180,8 @@ def _connected(ray, address: str | None) -> Iterator[None]:
         yield
         return
     try:
-        if address == "local":  # workers are this machine's processes: point them at this checkout
-            path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-            ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+        if address == "local":  # workers are this machine's processes, on this interpreter with `core` installed
+            ray.init(address="local", include_dashboard=False)
         else:
             ray.init(address=address)
     except Exception as error:  # ConnectionError, ValueError, RuntimeError... depending on what is wrong
@@ -211,8 +209,8 @@ def _shard_result(ray, ref, shard: Shard) -> list[FeatureChunk]:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as error:  # raised on the worker: re-raise the error itself
         if "No module named 'core'" in str(error):  # (Ray reports it as a system error unpickling the arguments)
-            raise RayUnavailable("the Ray workers cannot import this project's code (`core`): run `ray start` on every "
-                                 "node with PYTHONPATH set to a checkout of this repository") from error
+            raise RayUnavailable("the Ray workers cannot import this project's code (`core`): install it on every "
+                                 "node (`pip install -e .` in a checkout of this repository) and run `ray start` there") from error
         raise error.cause from error
     except ray.exceptions.RayError as error:  # worker or node lost more often than the retries allow, etc.
         raise RuntimeError(f"Ray could not compute shard {shard.index} ({len(shard.rows)} {shard.config.role} rows) "

@@ -13,8 +13,8 @@ from core.store import Store
 
 def create_demo_project(store: Store, project: str | None = None) -> str:
     """Write the built-in demo files under the cache and ingest them (idempotent: same files, same rows)."""
-    from core.demo import DEMO_PROJECT, write_demo_files
-    from core.ingest import ingest_files
+    from core.data.demo import DEMO_PROJECT, write_demo_files
+    from core.data.ingest import ingest_files
 
     project = project or DEMO_PROJECT
     pool, targets = write_demo_files(store.root / "demo")

@@ -30,10 +30,11 @@ import json
 import re
 import stat
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _encode_json_string  # the one ensure_ascii=False uses
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")
 
@@ -456,7 +457,7 @@ def content_hash_of(messages: list[dict]) -> str:
         # Normalised messages have exactly these two string keys, so the canonical JSON can be written
         # directly, byte for byte what the encoder gives, in about half the time (this runs for every row).
         canonical = "[" + ",".join([
-            '{"content":%s,"role":%s}' % (_encode_json_string(m["content"]), _encode_json_string(m["role"]))
+            '{"content":%s,"role":%s}' % (_encode_json_string(m["content"]), _encode_json_string(m["role"]))  # noqa: UP031
             for m in messages
         ]) + "]"
     else:
@@ -812,7 +813,7 @@ class _JsonArrayScanner:
 class _RowBuilder:
     """Turns decoded records of one file into Rows; holds the file's detected format."""
 
-    def __init__(self, file: str, report: ReadReport, seen: "SeenIds | dict[str, tuple[str, int]]",
+    def __init__(self, file: str, report: ReadReport, seen: SeenIds | dict[str, tuple[str, int]],
                  group_field: str | None):
         self.file = file
         self.file_stem = Path(file).stem
@@ -865,7 +866,7 @@ def iter_rows(
     *,
     report: ReadReport | None = None,
     on_error: str = "fail",
-    seen: "SeenIds | dict[str, tuple[str, int]] | None" = None,
+    seen: SeenIds | dict[str, tuple[str, int]] | None = None,
     group_field: str | None = None,
 ) -> Iterator[Row]:
     """Stream the good rows of one ``.jsonl`` / ``.json`` file.

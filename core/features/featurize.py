@@ -9,24 +9,32 @@ key covers the model, LoRA, template, warmup arguments and the content of the ro
 
 ``run_features`` does the work and writes it in chunks (see ``Store.write_chunk``): a killed job resumes from
 its last finished chunk, and a row that fails is recorded with its error while the job goes on.  Its parts are
-shared with the Ray driver (``core.distributed``): ``prepare_run`` (plan, encode, warmup), ``FeatureEngine``
+shared with the Ray driver (``core.features.distributed``): ``prepare_run`` (plan, encode, warmup), ``FeatureEngine``
 (a model set to a checkpoint, yielding ``FeatureChunk``s) and ``store_chunk`` (write, report, honour a cancel).
 """
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from core.config import FeatureSettings, stable_hash
-from core.gradients import GradientComputer, flat_moments, make_gradient_computer, project_features
-from core.lora import (add_lora, apply_checkpoint, lora_parameters, read_checkpoint, save_checkpoint, train_warmup,
-                       warmup_sample)
-from core.modeling import (
+from core.features.gradients import GradientComputer, flat_moments, make_gradient_computer, project_features
+from core.features.lora import (
+    add_lora,
+    apply_checkpoint,
+    lora_parameters,
+    read_checkpoint,
+    save_checkpoint,
+    train_warmup,
+    warmup_sample,
+)
+from core.features.modeling import (
     EncodedRow,
     encode_messages,
     load_model,
@@ -36,7 +44,7 @@ from core.modeling import (
     resolve_model,
     template_key,
 )
-from core.projection import Projector, make_projector
+from core.features.projection import Projector, make_projector
 from core.store import FeatureRowEntry, RowKey, Store, StoredRow
 
 GRADIENT_TYPES = {"pool": "adam", "targets": "sgd"}
@@ -183,7 +191,7 @@ class Progress:
     def fields(self) -> dict:
         return {"done": self.done, "total": self.total, "errors": self.errors, "phase": self.phase, "rate": self.rate}
 
-    def add(self, chunk: "FeatureChunk") -> None:
+    def add(self, chunk: FeatureChunk) -> None:
         self.done += chunk.rows
         self.errors += len(chunk.errors)
         self.tokens += chunk.tokens
@@ -402,7 +410,7 @@ class FeatureEngine:
     exp_avg_sq: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, model, pad_id: int, device: torch.device, settings: FeatureSettings, log: Callable[[str], None]) -> "FeatureEngine":
+    def build(cls, model, pad_id: int, device: torch.device, settings: FeatureSettings, log: Callable[[str], None]) -> FeatureEngine:
         shapes = [tuple(param.shape) for _, param in lora_parameters(model)]
         projector = make_projector(settings.projection, shapes)
         computer = make_gradient_computer(model, pad_id, device, settings.precision,

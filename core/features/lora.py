@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from core.config import LoraArguments, WarmupArguments
-from core.modeling import EncodedRow, ModelError
+from core.features.modeling import EncodedRow, ModelError
 
 
 def add_lora(model, args: LoraArguments):

@@ -19,9 +19,10 @@ import math
 import os
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 DEMO_PROJECT = "demo"
 DOMAINS: tuple[str, ...] = (

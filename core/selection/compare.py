@@ -10,16 +10,23 @@ sources and (for the unique rows) texts from the store, never the feature matric
 from __future__ import annotations
 
 import html
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Callable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
-from core.selection import METHODS, budget_from
-from core.selection_runs import (METHOD_ALIASES, FeatureIndex, ProjectFeatures, feature_index, load_project_features,
-                                  row_text, run_selection)
+from core.selection.methods import METHODS, budget_from
+from core.selection.runs import (
+    METHOD_ALIASES,
+    FeatureIndex,
+    ProjectFeatures,
+    feature_index,
+    load_project_features,
+    row_text,
+    run_selection,
+)
 from core.store import Store
 
 COMPARE_METHODS: tuple[str, ...] = tuple(METHODS)  # g2is, less, tsds-uniform, tsds-kde, random, embedding

@@ -17,12 +17,13 @@ Target rows keep their plain SGD gradient.
 """
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import torch
 
-from core.lora import collate, lora_parameters, token_loss
-from core.modeling import EncodedRow
+from core.features.lora import collate, lora_parameters, token_loss
+from core.features.modeling import EncodedRow
 
 
 def per_example_gradient(inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:

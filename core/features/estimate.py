@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from core.featurize import FeaturePlan, storage_bytes
-from core.modeling import encode_messages, parameter_count, resolve_model
+from core.features.featurize import FeaturePlan, storage_bytes
+from core.features.modeling import encode_messages, parameter_count, resolve_model
 from core.store import Store
 
 CPU_FLOPS_PER_CORE = 6.0e10

@@ -3,7 +3,7 @@
 * Projects: ``check_project_name`` / ``create_project``.
 * Uploads: ``ingest_uploads`` saves the uploaded bytes under ``<cache>/uploads/<project>/<role>/<sha>/<name>``
   (the user's file is never lost, and a file name can never leave that folder) and ingests them with
-  ``core.ingest.ingest_files(on_error="skip")``, which *replaces* the role's rows, so ingesting the same files
+  ``core.data.ingest.ingest_files(on_error="skip")``, which *replaces* the role's rows, so ingesting the same files
   twice leaves the same rows.  When nothing usable comes out (a file that is not JSON, every row bad) the role's
   rows are left as they were and the outcome says which file, which line and what is wrong.
   A file over the upload limit (``core.config.max_upload_mb``, ``$G2IS_MAX_UPLOAD_MB``) is refused before anything
@@ -11,7 +11,7 @@
 * Overview: row counts, source counts and length histograms (characters and whitespace words, measured in SQL
   by ``Store.row_lengths`` and binned here, so the browser gets 40 bars, not 50,000 values), with their plotly
   figures.  User text on an axis or in a hover is ``html.escape``d (plotly renders a subset of HTML).
-* Token view: one row encoded by ``core.modeling.encode_messages`` -- the very function the feature job uses --
+* Token view: one row encoded by ``core.features.modeling.encode_messages`` -- the very function the feature job uses --
   with the loss-trained (assistant) tokens and the ``max_tokens`` cut marked, rendered as escaped HTML.
 """
 from __future__ import annotations
@@ -21,15 +21,15 @@ import html
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 import numpy as np
 
 from core.config import MEGABYTE, max_upload_mb, stable_hash
-from core.formats import BadRowsError, FormatError, RowError
-from core.store import ROLES, StoredRow, Store, StoreBusyError, StoreError
+from core.data.formats import BadRowsError, FormatError, RowError
+from core.store import ROLES, Store, StoreBusyError, StoredRow, StoreError
 
 # Characters Markdown, GFM or Streamlit interpret anywhere in a line: emphasis, code, links and images, raw HTML and
 # entities, strike-through, tables, ``$`` maths and ``:red[...]`` / ``:material/icon:`` / emoji directives.
@@ -232,7 +232,7 @@ def ingest_uploads(
     """Save the uploaded files (name, bytes) and make them the project's ``role`` rows; never raises for bad data.
 
     Identical files in one upload are ingested once (the copy would only add "duplicate row" errors)."""
-    from core.ingest import ingest_files
+    from core.data.ingest import ingest_files
 
     group_field = (group_field or "").strip() or None
     rows_before = store.row_counts(project)[role] if project in store.projects() else 0
@@ -427,16 +427,16 @@ def recorded_errors(store: Store, project: str, limit: int = 1000) -> tuple[int,
 
 def tokenizer_needs_conversion(spec: str) -> bool:
     """Whether loading this model's tokenizer first converts a GGUF (~40 s once, see
-    ``core.modeling.ensure_converted``, which leaves ``g2is_source.json`` in the converted folder)."""
-    from core.modeling import resolve_model
+    ``core.features.modeling.ensure_converted``, which leaves ``g2is_source.json`` in the converted folder)."""
+    from core.features.modeling import resolve_model
 
     resolved = resolve_model(spec)
     return resolved.kind == "gguf" and not (Path(resolved.load_path) / "g2is_source.json").is_file()
 
 
 def load_project_tokenizer(spec: str):
-    """The tokenizer the feature job uses for this model spec (raises ``core.modeling.ModelError``)."""
-    from core.modeling import load_tokenizer, resolve_model
+    """The tokenizer the feature job uses for this model spec (raises ``core.features.modeling.ModelError``)."""
+    from core.features.modeling import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model(spec))
 
@@ -507,8 +507,8 @@ _TOKEN_STYLES = {
 
 def token_view(tokenizer, messages: Sequence[dict], max_tokens: int, shown_after_cut: int = 64) -> TokenView:
     """One row as the feature job encodes it (``encode_messages`` with the project's max_tokens), plus up to
-    ``shown_after_cut`` of the tokens the cut drops.  Raises ``core.modeling.ModelError`` for unusable templates."""
-    from core.modeling import encode_messages
+    ``shown_after_cut`` of the tokens the cut drops.  Raises ``core.features.modeling.ModelError`` for unusable templates."""
+    from core.features.modeling import encode_messages
 
     used = encode_messages(tokenizer, messages, max_tokens)
     whole = encode_messages(tokenizer, messages, max(used.full_length, 1)) if used.truncated else used

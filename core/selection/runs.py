@@ -1,7 +1,7 @@
 """Selection over a project's cached features: load them, build (or reuse) the gradient graph, run a method,
 and store the run -- its ranked rows and, for G2IS, every walk event -- so the CLI and the app can replay it.
 
-This is where the pure algorithms of ``core.graph`` and ``core.selection`` meet the store: they take arrays,
+This is where the pure algorithms of ``core.selection.graph`` and ``core.selection`` meet the store: they take arrays,
 this module finds the arrays of a project (the feature sets of its current settings, one per warmup
 checkpoint) and keys everything it saves by a hash of those feature sets.
 """
@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.config import stable_hash
-from core.graph import DEFAULT_K, DEFAULT_K_NEG, GradientGraph, build_graph, normalize_rows
-from core.selection import METHODS, SelectionResult, budget_from, select
+from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG, GradientGraph, build_graph, normalize_rows
+from core.selection.methods import METHODS, SelectionResult, budget_from, select
 from core.store import Store
-
 
 METHOD_ALIASES = {"tsds": "tsds-kde"}  # TSDS's main variant is KNN-KDE
 
@@ -32,7 +31,7 @@ class ProjectFeatures:
     project: str
     feature_key: str  # hash of the feature sets used: keys graphs and selection runs
     pool_ids: list[str]
-    # The pool's rows are L2-normalised (``core.graph.normalize_rows``, in place at load): every method and the
+    # The pool's rows are L2-normalised (``core.selection.graph.normalize_rows``, in place at load): every method and the
     # graph work in cosine geometry, and normalising once saves each of them a second [N, D] matrix (3.3 GB at
     # 100,000 x 8,192).  Targets stay as projected (small; G2IS's PCA uses their magnitudes).
     pool: np.ndarray  # unit rows [N, D] of the last warmup checkpoint
@@ -66,8 +65,8 @@ class FeatureIndex:
 
 def feature_index(store: Store, project: str) -> FeatureIndex:
     """The current settings' feature sets and the rows every checkpoint has; raises ``FeaturesMissing``."""
-    from core.featurize import learning_rate_weights, plan_features
-    from core.projects import project_settings
+    from core.data.projects import project_settings
+    from core.features.featurize import learning_rate_weights, plan_features
 
     if project not in store.projects():
         raise ValueError(f"no project {project!r} in {store.root}")
@@ -141,7 +140,7 @@ def project_graph(store: Store, features: ProjectFeatures, k: int = DEFAULT_K, k
     started = time.perf_counter()
     resolved = backend
     if backend == "auto":
-        from core.graph import FAISS_THRESHOLD
+        from core.selection.graph import FAISS_THRESHOLD
 
         resolved = "faiss" if len(features.pool_ids) > FAISS_THRESHOLD else "torch"
     graph = build_graph(features.pool, k=k, k_neg=k_neg, backend=resolved, normalized=True)

@@ -7,7 +7,7 @@ process and device, and returns L2-normalised 384-d float32 vectors so a dot pro
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from core.formats import BadRowsError, ReadReport, RowError, SeenIds, iter_rows
+from core.data.formats import BadRowsError, ReadReport, RowError, SeenIds, iter_rows
 from core.store import Store, stage_rows_parquet
 
 

@@ -21,13 +21,14 @@ Twister seeded per block from the same hash; torch is pinned, and blocks are alw
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Protocol, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from core.config import ProjectionArguments
-from core.gradients import per_example_gradient
+from core.features.gradients import per_example_gradient
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -1,6 +1,6 @@
 """Walk view: what the app's Walk page shows of a G2IS run, read back from the store and never recomputed.
 
-``core.selection_runs.run_selection`` stores a G2IS run with its parameters, its ranked rows and every walk
+``core.selection.runs.run_selection`` stores a G2IS run with its parameters, its ranked rows and every walk
 event in order.  This module turns that record into what the page draws:
 
 - ``walk_runs``: a project's G2IS runs, newest first, to list and reopen;
@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import bisect
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
-from core.graph import DEFAULT_K
-from core.selection import budget_from
 from core.selection.g2is import Anchor, Candidate, ComponentEnd, ComponentStart, Fallback, G2ISParams, core_knowledge
-from core.selection_runs import FeatureIndex, feature_index, load_project_features, row_text, run_selection
+from core.selection.graph import DEFAULT_K
+from core.selection.methods import budget_from
+from core.selection.runs import FeatureIndex, feature_index, load_project_features, row_text, run_selection
 from core.store import Store
 
 EVENT_TYPES = {cls.kind: cls for cls in (ComponentStart, Anchor, Candidate, Fallback, ComponentEnd)}
@@ -409,7 +409,7 @@ class MapBackdrop:
 
 def map_backdrop(row_ids: Sequence[str], roles: Sequence[str], sources: Sequence[str], x, y,
                  limit: int = MAP_BACKGROUND_LIMIT, seed: int = 0) -> MapBackdrop:
-    """Prepare the map's points (fields of ``core.maps.MapPoints``) once per page render."""
+    """Prepare the map's points (fields of ``core.views.map.MapPoints``) once per page render."""
     roles_array = np.asarray(roles)
     xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     pool = np.flatnonzero(roles_array == "pool")

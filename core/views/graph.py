@@ -1,9 +1,9 @@
 """Views of the stored gradient graph: a row's k-hop neighbourhood or a selection's rows, drawn with pyvis.
 
-Role in the app: the Graph page's logic.  The kNN graph itself (``core.graph``) is built once per feature key by
-``core.selection_runs.project_graph`` and stored; this module reads it back by feature key only
+Role in the app: the Graph page's logic.  The kNN graph itself (``core.selection.graph``) is built once per feature key by
+``core.selection.runs.project_graph`` and stored; this module reads it back by feature key only
 (``stored_graph``: no feature matrix), cuts out a subgraph of at most ``MAX_NODES`` nodes, places the nodes at
-their gradient-map positions (``core.maps``; a spring layout when no map is stored yet), and renders it as a
+their gradient-map positions (``core.views.map``; a spring layout when no map is stored yet), and renders it as a
 self-contained vis-network page with physics off -- similarity edges solid, conflict (negative-cosine) edges red
 and dashed, user text shown as text in titles and labels (never as HTML).  ``graph_summary`` adds networkx
 statistics of the same subgraph.  Targets are not nodes: the graph is over the pool only.
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.graph import DEFAULT_K, GradientGraph, to_networkx
-from core.maps import MapPoints, PREVIEW_CHARS, source_colors
-from core.selection_runs import FeatureIndex, load_project_features, project_graph, row_text
+from core.selection.graph import DEFAULT_K, GradientGraph, to_networkx
+from core.selection.runs import FeatureIndex, load_project_features, project_graph, row_text
 from core.store import Store
+from core.views.map import PREVIEW_CHARS, MapPoints, source_colors
 
 MAX_NODES = 1_500  # vis-network stays responsive with physics off well beyond this; the browser payload does not
 DEFAULT_EDGES_PER_NODE = 8
