@@ -12,7 +12,7 @@ import streamlit as st
 
 from app import session
 from core.store import StoreError
-from core.views.data import markdown_code, markdown_text
+from core.views.text import markdown_code, markdown_text
 
 REPO = Path(__file__).resolve().parent.parent  # pages/ lies beside app/
 

@@ -17,8 +17,8 @@ from core.data.projects import create_demo_project
 from core.features.modeling import ModelError
 from core.selection.runs import FeatureIndex, FeaturesMissing, feature_index
 from core.store import Store, StoreError
-from core.views.data import markdown_text
 from core.views.map import layout_info, load_layout
+from core.views.text import markdown_text
 
 
 @st.cache_resource(show_spinner=False)

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from core.config import FeatureSettings, LoraArguments, ProjectionArguments, WarmupArguments
-from core.data.formats import read_rows
+from core.data.readers import read_rows
 from core.features.featurize import _features_for
 from core.features.gradients import HookGradientComputer, LoopGradientComputer, flat_moments, make_gradient_computer
 from core.features.lora import add_lora, collate, gradient_dim, lora_parameters, token_loss, train_warmup

@@ -1,18 +1,14 @@
-"""G2IS Explorer core library: choose instruction-tuning data with gradients.
+"""G2IS Explorer: choose instruction-tuning data with gradients.  The subpackages are the pipeline, top-down:
 
-The package reads top-down as the pipeline:
-
-    formats      instruction files (Alpaca, ShareGPT, messages, prompt/completion) -> normalised rows
-    modeling     causal LM + tokenizer, chat-template rendering and the assistant-only loss mask
-    lora         seeded peft LoRA and the LESS-style AdamW warmup that saves checkpoints with Adam moments
-    gradients    per-example LoRA gradients (CPU loop, batched hooks on CUDA) and the Adam-aware transform
-    projection   seeded random projections (CountSketch / sparse JL, dense blockwise Rademacher)
-    store        the DuckDB catalogue and feature chunk files: the only module that speaks SQL
-    featurize    the feature job: rows -> encoded -> warmup -> gradients -> projected chunks
-    jobs         background job processes with progress, cancel and resume
-    estimate     cost estimate shown before a job starts
-    demo         the built-in demo pool and targets
-    cli          ``python -m core``
+    data/       instruction files -> normalised rows in the store (records, readers, ingest, projects, demo)
+    features/   rows -> per-example LoRA gradients -> projected features (modeling, lora, gradients, projection,
+                featurize, distributed, estimate)
+    selection/  features -> kNN graph -> a ranked subset per method (graph, methods, g2is, less, tsds, baselines,
+                embeddings, runs, compare, export)
+    store/      the DuckDB catalogue and feature chunk files: the only package that speaks SQL
+    views/      what the pages show (data, map, graph, walk, compare, text); pages import views, never the reverse
+    config (settings dataclasses), jobs (background workers), cli (``python -m core`` / ``g2is``)
 
 Nothing here imports Streamlit; the app in ``app/`` and ``pages/`` is a thin view over this package.
+docs/ARCHITECTURE.md says what flows between the stages and where state lives.
 """

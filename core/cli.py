@@ -19,9 +19,31 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from core.config import PROJECTION_KINDS, FeatureSettings
-from core.data.projects import project_settings
-from core.store import Store
+from core.data.ingest import ingest_files
+from core.data.projects import EDITABLE_SETTINGS, create_demo_project, edit_settings, project_settings, project_status
+from core.data.records import BadRowsError, FormatError
+from core.features.distributed import RayUnavailable, require_ray
+from core.features.featurize import learning_rate_weights, plan_features
+from core.features.modeling import ModelError
+from core.jobs import (
+    ACTIVE,
+    cancel,
+    job_view,
+    launch_features,
+    request_features,
+    resume,
+    run_job,
+    start_features_job,
+    view,
+)
+from core.selection.export import EXPORT_FORMATS, export_selection
+from core.selection.g2is import G2ISParams
+from core.selection.graph import DEFAULT_K
+from core.selection.runs import FeaturesMissing, feature_index, load_project_features, project_graph, run_selection
+from core.store import Store, StoreBusyError, StoreError
 
 
 def _store() -> Store:
@@ -29,7 +51,6 @@ def _store() -> Store:
 
 
 def _settings_from_args(store: Store, args) -> FeatureSettings:
-    from core.data.projects import EDITABLE_SETTINGS, edit_settings
 
     flags = {"lora_targets": "lora_targets", "projection_kind": "proj_kind", "projection_dim": "proj_dim",
              "projection_seed": "proj_seed", "projection_sparsity": "proj_sparsity",
@@ -39,7 +60,6 @@ def _settings_from_args(store: Store, args) -> FeatureSettings:
 
 
 def cmd_ingest(args) -> int:
-    from core.data.ingest import ingest_files
 
     store = _store()
     if not args.pool and not args.targets:
@@ -61,7 +81,6 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from core.data.projects import create_demo_project
 
     store = _store()
     project = create_demo_project(store, args.project)
@@ -81,7 +100,6 @@ def _bar(job_view, width: int = 30) -> str:
 
 def watch(store: Store, job_id: str, stream=sys.stderr) -> int:
     """Draw a progress bar until the job ends; Ctrl-C cancels it (finished chunks stay cached)."""
-    from core.jobs import ACTIVE, cancel, job_view
 
     interactive = stream.isatty()
     last_line = ""
@@ -111,11 +129,9 @@ def watch(store: Store, job_id: str, stream=sys.stderr) -> int:
 
 
 def cmd_features(args) -> int:
-    from core.jobs import launch_features, request_features, run_job, start_features_job
 
     store = _store()
     if args.ray:  # (core.features.distributed loads torch: imported only for a Ray run)
-        from core.features.distributed import RayUnavailable, require_ray
 
         if args.detach:
             raise ValueError("--ray runs the job in this process (the driver of the Ray cluster): drop --detach")
@@ -143,7 +159,6 @@ def cmd_features(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from core.data.projects import project_status
 
     status = project_status(_store(), args.project)
     if args.json:
@@ -162,10 +177,6 @@ def cmd_status(args) -> int:
 
 
 def cmd_dump(args) -> int:
-    import numpy as np
-
-    from core.features.featurize import learning_rate_weights, plan_features
-
     store = _store()
     stored = store.project_settings(args.project)
     if not stored:
@@ -204,7 +215,6 @@ def cmd_dump(args) -> int:
 
 
 def _latest_graph(store: Store, project: str) -> dict | None:
-    from core.selection.runs import FeaturesMissing, feature_index
 
     try:
         index = feature_index(store, project)
@@ -215,7 +225,6 @@ def _latest_graph(store: Store, project: str) -> dict | None:
 
 
 def cmd_graph(args) -> int:
-    from core.selection.runs import load_project_features, project_graph
 
     store = _store()
     features = load_project_features(store, args.project)
@@ -252,7 +261,6 @@ def _method_params(args) -> dict:
 
 
 def cmd_select(args, walk: bool = False) -> int:
-    from core.selection.runs import run_selection
 
     store = _store()
     method = "g2is" if walk else args.method
@@ -264,7 +272,6 @@ def cmd_select(args, walk: bool = False) -> int:
                         on_event=printer)
     result = run.result
     if args.out:
-        from core.selection.export import export_selection
 
         manifest = export_selection(store, run.run_id, args.format, args.out)
         print(f"wrote {manifest['selected']} rows to {manifest['path']} ({args.format}) and {manifest['manifest_path']}",
@@ -287,7 +294,6 @@ def cmd_select(args, walk: bool = False) -> int:
 
 
 def cmd_export(args) -> int:
-    from core.selection.export import export_selection
 
     store = _store()
     run_id = args.run
@@ -303,7 +309,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    from core.jobs import view
 
     store = _store()
     for job in store.jobs(args.project):
@@ -313,7 +318,6 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from core.jobs import cancel
 
     cancel(_store(), args.job)
     print(f"cancel requested for {args.job}")
@@ -321,7 +325,6 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from core.jobs import resume
 
     store = _store()
     current = resume(store, args.job)
@@ -330,7 +333,6 @@ def cmd_resume(args) -> int:
 
 
 def cmd_run_job(args) -> int:
-    from core.jobs import run_job
 
     return run_job(_store(), args.job)
 
@@ -381,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="start the background job and return")
     p.add_argument("--inline", action="store_true", help="compute in this process instead of a background worker")
     p.add_argument("--ray", metavar="ADDRESS", help="compute on a Ray cluster (HOST:PORT, auto, ray://HOST:10001, or "
-                   "local for this machine alone), driven from this process; needs requirements-ray.txt")
+                   "local for this machine alone), driven from this process; needs the ray extra: pip install -e '.[ray]'")
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("status", help="rows, features and jobs of a project")
@@ -401,7 +403,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true")
     p.set_defaults(func=cmd_graph)
 
-    from core.selection.export import EXPORT_FORMATS
 
     for name in ("select", "walk"):
         p = sub.add_parser(name, help="run a selection method and store the run" if name == "select"
@@ -414,11 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
         size = p.add_mutually_exclusive_group(required=True)
         size.add_argument("--ratio", type=float, help="fraction of the pool, e.g. 0.01")
         size.add_argument("--budget", type=int, help="number of rows")
-        p.add_argument("--k", type=int, default=32, help="G2IS graph neighbours (default 32)")
-        p.add_argument("--delta", type=float, help="G2IS consistency threshold (default 0.8)")
-        p.add_argument("--val-k", type=float, help="G2IS PCA cumulative explained variance (default 0.5)")
+        p.add_argument("--k", type=int, default=DEFAULT_K, help=f"G2IS graph neighbours (default {DEFAULT_K})")
+        p.add_argument("--delta", type=float, help=f"G2IS consistency threshold (default {G2ISParams.delta})")
+        p.add_argument("--val-k", type=float, help=f"G2IS PCA cumulative explained variance (default {G2ISParams.val_k})")
         p.add_argument("--n-components", type=int, help="G2IS: a fixed number of PCA components instead of --val-k")
-        p.add_argument("--anchor-candidates", type=int, help="G2IS anchor list length (default 1000)")
+        p.add_argument("--anchor-candidates", type=int, help=f"G2IS anchor list length (default {G2ISParams.anchor_candidates})")
         p.add_argument("--no-conflict-check", action="store_true", help="G2IS ablation: skip the no-conflict rule")
         p.add_argument("--local-only", action="store_true", help="G2IS ablation: no fallback to the global ranking")
         p.add_argument("--no-graph", action="store_true", help="G2IS ablation: anchors and global ranking only")
@@ -451,9 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.data.formats import BadRowsError, FormatError
-    from core.features.modeling import ModelError
-    from core.store import StoreBusyError, StoreError
 
     args = build_parser().parse_args(argv)
     try:

@@ -20,14 +20,13 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core.config import FeatureSettings
+from core.features.distributed import RayUnavailable, run_features_ray
+from core.features.estimate import CostEstimate, estimate_cost
+from core.features.featurize import Cancelled, FeaturePlan, plan_features, run_features
+from core.features.modeling import ModelError, load_tokenizer, resolve_model
 from core.store import Job, Store, StoreError, cache_problem, now
-
-if TYPE_CHECKING:
-    from core.features.estimate import CostEstimate
-    from core.features.featurize import FeaturePlan
 
 ACTIVE = ("queued", "running", "cancelling")
 QUEUED_GRACE_S = 60.0  # a worker has this long to take its lock after being spawned
@@ -157,9 +156,6 @@ class FeatureRequest:
 
 def request_features(store: Store, project: str, settings: FeatureSettings, limit: int | None = None) -> FeatureRequest:
     """Plan a project's features, estimate their cost and find a job to resume; records the settings."""
-    from core.features.estimate import estimate_cost
-    from core.features.featurize import plan_features
-    from core.features.modeling import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(settings.model))
     plan = plan_features(store, project, settings, limit, tokenizer=tokenizer)
@@ -233,8 +229,6 @@ def _log_line(text: str, stream=None) -> None:
 
 def failure_message(store: Store, error: BaseException) -> str:
     """What a failed job tells the user: the message of our own errors, the disk's problem in plain words."""
-    from core.features.distributed import RayUnavailable
-    from core.features.modeling import ModelError
 
     if isinstance(error, (StoreError, ModelError, RayUnavailable)):
         return str(error)
@@ -247,7 +241,6 @@ def failure_message(store: Store, error: BaseException) -> str:
 
 def run_job(store: Store, job_id: str) -> int:
     """Body of a worker process (or of an inline run): executes the job and records how it ended."""
-    from core.features.featurize import Cancelled, run_features
 
     job = store.job(job_id)
     if job is None:
@@ -266,9 +259,7 @@ def run_job(store: Store, job_id: str) -> int:
             store.update_job(job_id, **progress.fields())
 
         try:
-            if job.params.get("ray"):  # computed on a Ray cluster; this process is its driver (core/distributed.py)
-                from core.features.distributed import run_features_ray
-
+            if job.params.get("ray"):  # computed on a Ray cluster; this process is its driver (core/features/distributed.py)
                 plan = run_features_ray(
                     store, job.project, settings, job.params.get("limit"), address=job.params["ray"], job_id=job_id,
                     should_cancel=should_cancel, report=report, log=_log_line,

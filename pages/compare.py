@@ -12,12 +12,12 @@ from core.selection.compare import (
     UNIQUE_ROWS_LISTED,
     Comparison,
     compare_runs,
-    composition_figure,
-    jaccard_figure,
     plan_comparison,
     run_missing,
 )
-from core.views.data import markdown_text
+from core.selection.methods import DEFAULT_RATIO
+from core.views.compare import composition_figure, jaccard_figure
+from core.views.text import markdown_text
 
 store, project = session.store(), session.project()
 st.title("Compare methods")
@@ -35,7 +35,7 @@ n_pool = len(index.pool_ids)
 left, middle, right = st.columns([2, 2, 5])
 budget_kind = left.radio("Budget as", ["fraction of the pool", "number of rows"], key="compare-budget-kind")
 if budget_kind == "fraction of the pool":
-    ratio = middle.number_input("Fraction", min_value=0.001, max_value=1.0, value=0.05, step=0.01, format="%.3f",
+    ratio = middle.number_input("Fraction", min_value=0.001, max_value=1.0, value=DEFAULT_RATIO, step=0.01, format="%.3f",
                                 key="compare-ratio")
     sizing = {"ratio": float(ratio)}
 else:

@@ -10,6 +10,7 @@ from core.data.projects import project_settings
 from core.features.modeling import ModelError
 from core.store import ROLES
 from core.views import data as data_view
+from core.views.text import markdown_text
 
 store, project = session.store(), session.project()
 st.title("Data")
@@ -37,7 +38,7 @@ def choose_project() -> None:
 
 flash = st.session_state.pop("data-flash", None)
 if flash:
-    st.success(data_view.markdown_text(flash))
+    st.success(markdown_text(flash))
 st.session_state["data-project"] = project  # follow the URL when the project was changed elsewhere
 choice, creation = st.columns([2, 3], vertical_alignment="bottom")
 choice.selectbox("Project", store.projects(), key="data-project", on_change=choose_project)
@@ -49,7 +50,7 @@ with creation:
         try:
             name, created = data_view.create_project(store, new_name)
         except ValueError as error:
-            st.error(data_view.markdown_text(error))
+            st.error(markdown_text(error))
         else:
             st.session_state["data-flash"] = (f"Created project {name}: upload its pool and targets below."
                                               if created else f"Project {name} already exists: opened it.")
@@ -69,7 +70,7 @@ def show_outcome(outcome: data_view.UploadOutcome) -> None:
         st.success(f"{outcome.rows_after} {outcome.role} rows from {len(outcome.files)} file(s) "
                    f"(before: {outcome.rows_before}).")
     else:
-        st.error(data_view.markdown_text(outcome.error))
+        st.error(markdown_text(outcome.error))
     if outcome.files:
         st.dataframe(outcome.file_table(), hide_index=True)
     bad = outcome.error_table()
@@ -112,7 +113,7 @@ for role, column in zip(ROLES, st.columns(len(ROLES))):
 # ------------------------------------------------------------------------------------------------ overview
 
 overview = overview_of(str(store.root), project, store.rows_version(project))
-st.subheader(f"Project {data_view.markdown_text(project)}")
+st.subheader(f"Project {markdown_text(project)}")
 metrics = st.columns(4)
 for column, role in zip(metrics, ROLES):
     column.metric(f"{ROLE_LABELS[role]} rows", overview.rows[role])
@@ -163,20 +164,20 @@ st.text(f"id {row.row_id} · source {row.source} · {row.format}")
 try:
     load_now = not data_view.tokenizer_needs_conversion(settings.model)
     if not load_now:
-        st.info(f"The tokenizer of {data_view.markdown_text(settings.model)} is not ready: the first use converts "
+        st.info(f"The tokenizer of {markdown_text(settings.model)} is not ready: the first use converts "
                 "the model once (\\~40 s).")
         load_now = st.button("Load the tokenizer", key="data-load-tokenizer")
     if load_now:
-        with st.spinner(f"Loading the tokenizer of {data_view.markdown_text(settings.model)}..."):
+        with st.spinner(f"Loading the tokenizer of {markdown_text(settings.model)}..."):
             tokenizer = tokenizer_for(settings.model, str(store.root))
         view = data_view.token_view(tokenizer, row.messages, settings.max_tokens)
 except ModelError as error:
-    st.error(f"The token view needs the project's model: {data_view.markdown_text(error)}")
+    st.error(f"The token view needs the project's model: {markdown_text(error)}")
 else:
     if load_now:
         st.markdown(view.summary())
         if view.error:
-            st.warning(f"The feature job cannot use this row: {data_view.markdown_text(view.error)}.")
+            st.warning(f"The feature job cannot use this row: {markdown_text(view.error)}.")
         st.caption("Green: trained on (assistant tokens). Grey: context (prompt and template). Struck through: "
                    f"after max_tokens={settings.max_tokens}, never seen. Hover a token for its position and id.")
         st.html(view.html())

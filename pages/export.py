@@ -10,7 +10,7 @@ import streamlit as st
 from app import session
 from core.selection.compare import METHOD_TITLES
 from core.selection.export import EXPORT_FORMATS, export_selection
-from core.views.data import markdown_code, markdown_text
+from core.views.text import markdown_code, markdown_text
 
 FORMAT_TITLES = {"messages": "chat messages", "alpaca": "Alpaca", "sharegpt": "ShareGPT"}
 

@@ -12,7 +12,7 @@ from core.data.projects import edit_settings, project_settings, project_status
 from core.features.estimate import format_duration
 from core.features.modeling import ModelError
 from core.store import StoreError
-from core.views.data import markdown_code, markdown_text
+from core.views.text import markdown_code, markdown_text
 
 store, project = session.store(), session.project()
 st.title("Gradient features")

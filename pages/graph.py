@@ -11,7 +11,7 @@ from app import session
 from core.selection.graph import DEFAULT_K
 from core.views import graph as graph_view
 from core.views import map as maps
-from core.views.data import markdown_code, markdown_text
+from core.views.text import markdown_code, markdown_text
 
 store, project = session.store(), session.project()
 st.title("Gradient graph")

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app import session
 from core.views import map as maps
-from core.views.data import markdown_text
+from core.views.text import markdown_text
 
 store, project = session.store(), session.project()
 st.title("Gradient map")

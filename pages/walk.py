@@ -13,11 +13,11 @@ import time
 import streamlit as st
 
 from app import session
-from core.selection.graph import DEFAULT_K
+from core.selection.methods import DEFAULT_RATIO
 from core.selection.runs import FeaturesMissing
 from core.views import walk as walk_view
-from core.views.data import markdown_text
 from core.views.map import layout_info, load_layout
+from core.views.text import markdown_text
 from core.views.walk import WalkSettings
 
 PLAY_SECONDS = 0.8  # one step per tick while playing
@@ -79,19 +79,19 @@ def on_run_choice() -> None:
 with st.form("walk-settings"):
     st.markdown("**New walk**")
     left, middle, right, budget_column = st.columns(4)
-    delta = left.number_input("δ (consistency)", min_value=0.0, max_value=1.0, value=0.8, step=0.05,
+    delta = left.number_input("δ (consistency)", min_value=0.0, max_value=1.0, value=WalkSettings.delta, step=0.05,
                               help="A candidate is accepted only if the running similarity to the component stays "
                                    "at least δ times its previous value.")
-    val_k = middle.number_input("val_k (explained variance)", min_value=0.0, max_value=1.0, value=0.5, step=0.05,
+    val_k = middle.number_input("val_k (explained variance)", min_value=0.0, max_value=1.0, value=WalkSettings.val_k, step=0.05,
                                 help="PCA of the target gradients keeps the fewest components that explain this "
                                      "share of their variance; each component gets its share of the budget.")
-    graph_k = right.number_input("graph k", min_value=1, max_value=1024, value=DEFAULT_K, step=1,
+    graph_k = right.number_input("graph k", min_value=1, max_value=1024, value=WalkSettings.k, step=1,
                                  help="Neighbours per row in the kNN gradient graph the walk moves along.")
     budget_kind = budget_column.radio("Budget as", [FRACTION, ROWS], horizontal=True)
     pool_rows = len(index.pool_ids) if index is not None else 0
-    ratio = budget_column.number_input("Fraction of the pool", min_value=0.0, max_value=1.0, value=0.05, step=0.01,
+    ratio = budget_column.number_input("Fraction of the pool", min_value=0.0, max_value=1.0, value=DEFAULT_RATIO, step=0.01,
                                        format="%.3f")
-    rows = budget_column.number_input("Rows", min_value=0, value=max(1, pool_rows // 20), step=1)
+    rows = budget_column.number_input("Rows", min_value=0, value=max(1, int(pool_rows * DEFAULT_RATIO)), step=1)
     submitted = st.form_submit_button("Run walk", type="primary", disabled=index is None)
 
 if submitted:

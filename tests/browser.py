@@ -50,7 +50,7 @@ def missing_browser_reason() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "Python playwright is not installed (pip install -r requirements-dev.txt)"
+        return "Python playwright is not installed (pip install -e '.[dev]')"
     if chromium_path() is None:
         return ("no chromium ($G2IS_CHROMIUM, or chromium on PATH; Debian: apt-get install -y chromium, "
                 "which ./scripts/dev.sh test does when it can)")

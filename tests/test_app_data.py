@@ -15,6 +15,7 @@ from core.data.ingest import ingest_files
 from core.features.modeling import encode_messages, load_tokenizer, resolve_model
 from core.store import Store
 from core.views import data as data_view
+from core.views.text import markdown_text
 
 MAIN = str(REPO / "app" / "main.py")
 DATA = "../pages/data.py"  # relative to app/main.py
@@ -206,7 +207,7 @@ def test_upload_names_cannot_leave_the_uploads_folder(cache):
     with pytest.raises(ValueError, match="at most 64"):
         data_view.check_project_name("x" * 65)
     assert data_view.check_project_name(" ok-1.v_2 ") == "ok-1.v_2"
-    escaped = data_view.markdown_text("**x** [y](javascript:z) $1$ <b>")
+    escaped = markdown_text("**x** [y](javascript:z) $1$ <b>")
     assert "**" not in escaped and "](" not in escaped and "$1$" not in escaped and "<b>" not in escaped
     assert shown(escaped) == "**x** [y](javascript:z) $1$ <b>"
 

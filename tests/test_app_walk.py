@@ -15,8 +15,8 @@ from streamlit.testing.v1 import AppTest
 from core.selection.graph import normalize_rows
 from core.selection.runs import feature_index, load_project_features, row_text, run_selection
 from core.store import Store
-from core.views.data import markdown_text
 from core.views.map import layout_key
+from core.views.text import markdown_text
 from core.views.walk import Pick, load_replay, map_backdrop, walk_path_figure
 
 MAIN = str(REPO / "app" / "main.py")

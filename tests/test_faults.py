@@ -69,7 +69,7 @@ def app_messages(app: AppTest) -> str:
 AS_UNPRIVILEGED = r"""
 import os, pwd, sys
 # Import first: after dropping root, the interpreter's own library (under /root) is unreadable to nobody.
-import core.cli, core.selection.export, core.data.formats, core.data.ingest, core.jobs, core.features.modeling, core.data.projects  # noqa: E401
+import core.cli, core.selection.export, core.data.records, core.data.readers, core.data.ingest, core.jobs, core.features.modeling, core.data.projects  # noqa: E401
 if os.geteuid() == 0:
     user = pwd.getpwnam("nobody")
     os.setgroups([])

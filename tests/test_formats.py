@@ -1,4 +1,5 @@
-"""Tests for core/data/formats.py: the four instruction formats, every documented error, ids, streaming.
+"""Tests for core/data/records.py and core/data/readers.py: the four instruction formats, every documented
+error, ids, streaming.
 
 Every test writes real files under tmp_path and reads them through the public API.
 """
@@ -14,19 +15,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.data import formats
-from core.data.formats import (
+from core.data import readers
+from core.data.readers import ReadReport, iter_rows, read_rows
+from core.data.records import (
     FORMATS,
     BadRowsError,
     FormatError,
-    ReadReport,
     Row,
     RowError,
     RowProblem,
+    content_hash_of,
     detect_format,
-    iter_rows,
     normalise,
-    read_rows,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -502,7 +502,7 @@ def test_content_hash_ids_are_stable(tmp_path):
     assert first.row_id == again.row_id == other_order.row_id == first.content_hash[:16]
     canonical = json.dumps(list(first.messages), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     assert first.content_hash == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-    assert formats.content_hash_of([{"role": "user", "content": "x", "extra": 1}]) == hashlib.sha256(
+    assert content_hash_of([{"role": "user", "content": "x", "extra": 1}]) == hashlib.sha256(
         json.dumps([{"role": "user", "content": "x", "extra": 1}], ensure_ascii=False, sort_keys=True,
                    separators=(",", ":")).encode()).hexdigest()
 
@@ -511,7 +511,7 @@ def test_content_hash_ids_are_stable(tmp_path):
 def test_content_hash_matches_the_documented_formula(turns):
     messages = [{"role": role, "content": content} for role, content in turns]
     canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    assert formats.content_hash_of(messages) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    assert content_hash_of(messages) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def test_rows_are_hashable_and_comparable(tmp_path):
@@ -572,7 +572,7 @@ def test_json_reading_does_not_depend_on_chunk_size(tmp_path, monkeypatch, chunk
     minified = write(tmp_path / "m.json", json_array_bytes(records, indent=None))
     broken = write(tmp_path / "b.json", json_array_bytes(records, indent=1).replace(b"Antwort 9", b"Antw\xe9rt 9"))
     expected = {p: (read_all(p, on_error="skip")) for p in (pretty, minified, broken)}
-    monkeypatch.setattr(formats, "_READ_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(readers, "_READ_CHUNK_BYTES", chunk)
     for path, (rows, report) in expected.items():
         small_rows, small_report = read_all(path, on_error="skip")
         assert small_rows == rows and small_report.errors == report.errors

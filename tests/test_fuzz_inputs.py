@@ -12,7 +12,8 @@ drawn file goes through the readers and the store:
   row is left, refuses with a message and leaves the store exactly as it was.
 
 On top of those invariants each class states what it expects: the error reason (a regex) and line of the bad
-record, a whole-file error, or a documented acceptance (see ``core/data/formats.py``'s docstring).
+record, a whole-file error, or a documented acceptance (see the docstrings of ``core/data/readers.py`` and
+``core/data/records.py``).
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ from hypothesis import strategies as st
 from test_formats import nonblank_lines
 
 from core import config
-from core.data.formats import FORMATS, BadRowsError, FormatError, ReadReport, RowError, SeenIds, iter_rows
 from core.data.ingest import ingest_files
+from core.data.readers import ReadReport, SeenIds, iter_rows
+from core.data.records import FORMATS, BadRowsError, FormatError, RowError
 from core.store import Store
 from core.views import data as data_view
 

@@ -1,7 +1,7 @@
 """Feature runs on a Ray cluster (core/distributed.py), on a local 2-CPU cluster shared by the module's tests:
 the result equals a single-machine run, a worker killed mid-shard is retried, and a cancelled run resumes.
 
-The Ray tests skip when Ray is not installed (it is optional: requirements-ray.txt); the message a user gets
+The Ray tests skip when Ray is not installed (it is optional: the `ray` extra); the message a user gets
 then is tested here too, without a cluster."""
 from __future__ import annotations
 
@@ -177,5 +177,5 @@ def test_without_ray_the_cli_says_how_to_install_it(tmp_path, tiny_model_dir, mo
     new_project(tmp_path, tiny_settings(tiny_model_dir))
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as when not installed
     assert main(["features", "--project", "p", "--ray", "auto"]) == 1
-    assert "Ray is not installed: pip install -r requirements-ray.txt" in capsys.readouterr().err
+    assert "Ray is not installed: pip install -e '.[ray]'" in capsys.readouterr().err
     assert Store().jobs("p") == []  # refused before any job was recorded

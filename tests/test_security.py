@@ -20,6 +20,7 @@ from core.data.ingest import ingest_files
 from core.selection.export import EXPORT_FORMATS, export_name, export_selection
 from core.store import Store
 from core.views import data as data_view
+from core.views.text import markdown_code, markdown_text
 
 SCANNED = ("core", "app", "pages")
 
@@ -330,12 +331,12 @@ def test_markdown_text_neutralises_markdown_and_html(observed):
              XSS, "**bold** _it_ ~~s~~ `code`", "# heading\n- item\n1. one\n> quote\n---", "&lt;b&gt; | a | b |",
              "</script><script>alert(1)</script>", "no-such-project 4-turn chat. ok"]
     for text in cases:
-        escaped = data_view.markdown_text(text)
+        escaped = markdown_text(text)
         assert re.sub(r"\\(.)", r"\1", escaped) == text  # the reader sees exactly the text
         assert unescaped_specials(escaped) == [], (text, escaped)
         assert not re.search(r"(^|\n)\s*(\d+\.|[-+#>])", escaped), escaped
-    assert data_view.markdown_text("no-such-project 4-turn chat. ok") == "no-such-project 4-turn chat. ok"
-    assert data_view.markdown_code("a`b``c") == "```a`b``c```"
+    assert markdown_text("no-such-project 4-turn chat. ok") == "no-such-project 4-turn chat. ok"
+    assert markdown_code("a`b``c") == "```a`b``c```"
     observed.append(f"{len(cases)} markdown/HTML payloads escaped; plain words (hyphens, dots) left readable")
 
 

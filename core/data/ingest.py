@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.data.formats import BadRowsError, ReadReport, RowError, SeenIds, iter_rows
+from core.data.readers import ReadReport, SeenIds, iter_rows
+from core.data.records import BadRowsError, RowError
 from core.store import Store, stage_rows_parquet
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from core.config import FeatureSettings
+from core.data.demo import DEMO_PROJECT, write_demo_files
+from core.data.ingest import ingest_files
+from core.jobs import view
 from core.store import Store
 
 
 def create_demo_project(store: Store, project: str | None = None) -> str:
     """Write the built-in demo files under the cache and ingest them (idempotent: same files, same rows)."""
-    from core.data.demo import DEMO_PROJECT, write_demo_files
-    from core.data.ingest import ingest_files
 
     project = project or DEMO_PROJECT
     pool, targets = write_demo_files(store.root / "demo")
@@ -69,7 +70,6 @@ def edit_settings(settings: FeatureSettings, **changes) -> FeatureSettings:
 
 def project_status(store: Store, project: str) -> dict:
     """Rows, ingest files, feature sets and jobs of one project, JSON-ready."""
-    from core.jobs import view
 
     if project not in store.projects():
         raise ValueError(f"no project {project!r} in {store.root} (projects: {', '.join(store.projects()) or 'none'})")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.selection.embeddings import embed_texts
+from core.selection.less import less_scores
 from core.selection.methods import SelectionResult, check_features, clip_budget, ranked_top, resolve_params
 
 RANDOM_DEFAULTS = {"seed": 0}
@@ -36,8 +38,6 @@ def select_random(pool_features, target_features, budget, params=None, *, n_pool
 def select_embedding(pool_features, target_features, budget, params=None, *, pool_texts=None, target_texts=None,
                      target_groups=None, pool_is_unit: bool = False) -> SelectionResult:  # (features unused)
     """``select("embedding", ...)``: top ``budget`` rows by MiniLM cosine to the target texts (features unused)."""
-    from core.selection.embeddings import embed_texts
-    from core.selection.less import less_scores
 
     resolved = resolve_params(EMBEDDING_DEFAULTS, params, "embedding")
     if not pool_texts:

@@ -9,13 +9,11 @@ sources and (for the unique rows) texts from the store, never the feature matric
 """
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
-import plotly.graph_objects as go
 
 from core.selection.methods import METHODS, budget_from
 from core.selection.runs import (
@@ -222,39 +220,3 @@ def compare_runs(store: Store, run_ids: Sequence[str], unique_limit: int = UNIQU
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-# ------------------------------------------------------------------------------------------------ figures
-
-def jaccard_figure(comparison: Comparison) -> go.Figure:
-    """Heatmap of the Jaccard matrix, each cell also showing |A ∩ B|."""
-    labels = [html.escape(label) for label in comparison.labels]
-    figure = go.Figure(go.Heatmap(
-        z=comparison.jaccard.tolist(), x=labels, y=labels, zmin=0.0, zmax=1.0, colorscale="Blues",
-        customdata=comparison.intersections.tolist(),
-        text=[[f"{j:.2f} ({n})" for j, n in zip(jr, nr)]
-              for jr, nr in zip(comparison.jaccard.tolist(), comparison.intersections.tolist())],
-        texttemplate="%{text}",
-        hovertemplate="%{y} vs %{x}<br>Jaccard %{z:.3f}<br>%{customdata} rows in common<extra></extra>",
-    ))
-    figure.update_layout(height=120 + 45 * len(labels), margin=dict(l=10, r=10, t=10, b=10),
-                         yaxis=dict(autorange="reversed"))
-    return figure
-
-
-def composition_figure(comparison: Comparison) -> go.Figure:
-    """Stacked bars: each run's share of rows per source, next to the pool's (source names escaped)."""
-    labels = [html.escape(label) for label in comparison.labels]
-    pool_total = int(comparison.pool_composition.sum())
-    figure = go.Figure()
-    totals = comparison.composition.sum(axis=1)
-    for column, source in enumerate(comparison.sources):
-        counts = [int(comparison.pool_composition[column])] + comparison.composition[:, column].tolist()
-        shares = [100.0 * c / t if t else 0.0 for c, t in zip(counts, [pool_total, *totals.tolist()])]
-        name = html.escape(source)
-        figure.add_trace(go.Bar(
-            name=name, x=["pool", *labels], y=shares, customdata=counts,
-            hovertemplate=f"{name}<br>%{{x}}: %{{customdata}} rows (%{{y:.1f}}%)<extra></extra>",
-        ))
-    figure.update_layout(barmode="stack", yaxis_title="% of the rows", height=380, margin=dict(l=10, r=10, t=10, b=10))
-    return figure

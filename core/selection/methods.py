@@ -54,6 +54,9 @@ METHODS: dict[str, tuple[str, str]] = {
 }
 
 
+DEFAULT_RATIO = 0.05  # the budget the app and the CLI propose when the user names none: 5 % of the pool
+
+
 def budget_from(n_pool: int, ratio: float | None = None, budget: int | None = None) -> tuple[int, list[str]]:
     """The number of rows to select and any notes about it.  Give exactly one of ``ratio`` and ``budget``.
 

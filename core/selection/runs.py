@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.config import stable_hash
-from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG, GradientGraph, build_graph, normalize_rows
+from core.data.projects import project_settings
+from core.features.featurize import learning_rate_weights, plan_features
+from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG, FAISS_THRESHOLD, GradientGraph, build_graph, normalize_rows
 from core.selection.methods import METHODS, SelectionResult, budget_from, select
 from core.store import Store
 
@@ -65,8 +67,6 @@ class FeatureIndex:
 
 def feature_index(store: Store, project: str) -> FeatureIndex:
     """The current settings' feature sets and the rows every checkpoint has; raises ``FeaturesMissing``."""
-    from core.data.projects import project_settings
-    from core.features.featurize import learning_rate_weights, plan_features
 
     if project not in store.projects():
         raise ValueError(f"no project {project!r} in {store.root}")
@@ -140,7 +140,6 @@ def project_graph(store: Store, features: ProjectFeatures, k: int = DEFAULT_K, k
     started = time.perf_counter()
     resolved = backend
     if backend == "auto":
-        from core.selection.graph import FAISS_THRESHOLD
 
         resolved = "faiss" if len(features.pool_ids) > FAISS_THRESHOLD else "torch"
     graph = build_graph(features.pool, k=k, k_neg=k_neg, backend=resolved, normalized=True)

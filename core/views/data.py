@@ -28,33 +28,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from core.config import MEGABYTE, max_upload_mb, stable_hash
-from core.data.formats import BadRowsError, FormatError, RowError
+from core.data.ingest import ingest_files
+from core.data.records import BadRowsError, FormatError, RowError
+from core.features.modeling import encode_messages, load_tokenizer, resolve_model
 from core.store import ROLES, Store, StoreBusyError, StoredRow, StoreError
-
-# Characters Markdown, GFM or Streamlit interpret anywhere in a line: emphasis, code, links and images, raw HTML and
-# entities, strike-through, tables, ``$`` maths and ``:red[...]`` / ``:material/icon:`` / emoji directives.
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()!|<>~$:&])")
-# ... and those that only mean something at the start of a line: headings, lists, block quotes, setext rules.
-_MARKDOWN_LINE_STARTS = re.compile(r"^([ \t]*)([#+=-]|\d+(?=[.)]))", re.MULTILINE)
-
-
-def markdown_text(text: str) -> str:
-    """``text`` shown literally by ``st.markdown`` / ``st.error`` & co.: every character Markdown (or Streamlit's
-    ``$`` maths and ``:color[...]`` directives) would interpret is backslash-escaped, as CommonMark allows.
-    Hyphens, dots and digits are escaped only at the start of a line, so ordinary words stay readable."""
-    escaped = _MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
-    return _MARKDOWN_LINE_STARTS.sub(lambda m: m.group(1) + (m.group(2) + "\\" if m.group(2)[0].isdigit()
-                                                                 else "\\" + m.group(2)), escaped)
-
-
-def markdown_code(text: str) -> str:
-    """``text`` as an inline code span, which Markdown shows literally; the fence is one backtick longer than any
-    run of backticks in the text (CommonMark), so nothing in it can close the span early."""
-    text = " ".join(str(text).splitlines())
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
 
 # ------------------------------------------------------------------------------------------------ projects
 
@@ -232,7 +209,6 @@ def ingest_uploads(
     """Save the uploaded files (name, bytes) and make them the project's ``role`` rows; never raises for bad data.
 
     Identical files in one upload are ingested once (the copy would only add "duplicate row" errors)."""
-    from core.data.ingest import ingest_files
 
     group_field = (group_field or "").strip() or None
     rows_before = store.row_counts(project)[role] if project in store.projects() else 0
@@ -428,7 +404,6 @@ def recorded_errors(store: Store, project: str, limit: int = 1000) -> tuple[int,
 def tokenizer_needs_conversion(spec: str) -> bool:
     """Whether loading this model's tokenizer first converts a GGUF (~40 s once, see
     ``core.features.modeling.ensure_converted``, which leaves ``g2is_source.json`` in the converted folder)."""
-    from core.features.modeling import resolve_model
 
     resolved = resolve_model(spec)
     return resolved.kind == "gguf" and not (Path(resolved.load_path) / "g2is_source.json").is_file()
@@ -436,7 +411,6 @@ def tokenizer_needs_conversion(spec: str) -> bool:
 
 def load_project_tokenizer(spec: str):
     """The tokenizer the feature job uses for this model spec (raises ``core.features.modeling.ModelError``)."""
-    from core.features.modeling import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model(spec))
 
@@ -508,7 +482,6 @@ _TOKEN_STYLES = {
 def token_view(tokenizer, messages: Sequence[dict], max_tokens: int, shown_after_cut: int = 64) -> TokenView:
     """One row as the feature job encodes it (``encode_messages`` with the project's max_tokens), plus up to
     ``shown_after_cut`` of the tokens the cut drops.  Raises ``core.features.modeling.ModelError`` for unusable templates."""
-    from core.features.modeling import encode_messages
 
     used = encode_messages(tokenizer, messages, max_tokens)
     whole = encode_messages(tokenizer, messages, max(used.full_length, 1)) if used.truncated else used

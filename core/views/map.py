@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from core.config import stable_hash
+from core.selection.embeddings import embed_texts
+from core.selection.graph import normalize_rows
 from core.selection.runs import FeatureIndex, feature_index, row_text
 from core.store import Store
 
@@ -167,7 +169,6 @@ def _rows_in_order(store: Store, project: str,
 
 def _gradient_matrix(store: Store, project: str, index: FeatureIndex) -> np.ndarray:
     """Unit rows of the last checkpoint's pool and target features, in point order (only that checkpoint loaded)."""
-    from core.selection.graph import normalize_rows
 
     parts = []
     for role, wanted in (("pool", index.pool_ids), ("targets", index.target_ids)):
@@ -197,7 +198,6 @@ def compute_map(store: Store, project: str, space: str = "gradient", seed: int =
     if space == "gradient":
         matrix = _gradient_matrix(store, project, index)
     else:
-        from core.selection.embeddings import embed_texts
 
         matrix = embed_texts(texts)
     layout, method, note = reduce_to_2d(matrix, seed)

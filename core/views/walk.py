@@ -30,7 +30,6 @@ import numpy as np
 import plotly.graph_objects as go
 
 from core.selection.g2is import Anchor, Candidate, ComponentEnd, ComponentStart, Fallback, G2ISParams, core_knowledge
-from core.selection.graph import DEFAULT_K
 from core.selection.methods import budget_from
 from core.selection.runs import FeatureIndex, feature_index, load_project_features, row_text, run_selection
 from core.store import Store
@@ -44,9 +43,9 @@ MAP_BACKGROUND_LIMIT = 5000  # pool points drawn behind the path: enough to see 
 class WalkSettings:
     """The walk's knobs on the page: give exactly one of ``ratio`` (fraction of the pool) and ``budget`` (rows)."""
 
-    delta: float = 0.8
-    val_k: float = 0.5
-    k: int = DEFAULT_K  # graph degree
+    delta: float = G2ISParams.delta
+    val_k: float = G2ISParams.val_k
+    k: int = G2ISParams.k  # graph degree
     ratio: float | None = None
     budget: int | None = None
 
