@@ -31,21 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DOMAINS: tuple[str, ...] = (
-    "math_word_problems",
-    "python_code",
-    "summarization",
-    "geography_qa",
-    "grammar_rewrite",
-    "unit_conversion",
-    "creative_writing",
-)
-TARGET_DOMAIN = "math_word_problems"
+from core.data.demo import ANSWER_PREFIX, DOMAINS, TARGET_DOMAIN  # the names the app and tests share
+
 MATH_SHARE = 0.1375  # 44 of the default 320 rows
 OUT_DIR = Path(__file__).resolve().parent.parent / "core" / "data" / "demo_data"
 POOL_FILE = "pool.jsonl"
 TARGETS_FILE = "targets.jsonl"
-ANSWER_PREFIX = "So the answer is"
 
 Record = dict[str, Any]
 
