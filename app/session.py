@@ -15,7 +15,7 @@ from core.config import cache_dir
 from core.data.demo import DEMO_PROJECT
 from core.data.projects import create_demo_project
 from core.features.modeling import ModelError
-from core.selection.runs import FeatureIndex, FeaturesMissing, feature_index
+from core.selection.runs import FeatureIndex, FeaturesIncomplete, FeaturesMissing, feature_index
 from core.store import Store, StoreError
 from core.views.map import layout_info, load_layout
 from core.views.text import markdown_text
@@ -110,10 +110,31 @@ def feature_request(project: str, settings, status: dict):
                                 settings, state)
 
 
-def features_or_stop(project: str, needed_for: str) -> FeatureIndex:
-    """The project's FeatureIndex, or a message that says what to do (and the page stops there)."""
+def partial_features(project: str, error: FeaturesIncomplete, key: str) -> FeatureIndex | None:
+    """Offer to go on with the rows whose features are done; the partial index when the user ticks the box.
+
+    It is not cached: while a job runs, the finished rows change from one rerun to the next."""
+    if not st.checkbox("Allow partial features", key=key,
+                       help="Select from the rows whose features are done; the run records its coverage."):
+        return None
+    index = feature_index(store(), project, allow_partial=True)
+    st.caption(" · ".join(f"{role}: {covered} of {total} rows have features"
+                          for role, (covered, total) in index.coverage.items()))
+    return index
+
+
+def features_or_stop(project: str, needed_for: str, allow_partial_key: str | None = None) -> FeatureIndex:
+    """The project's FeatureIndex, or a message that says what to do (and the page stops there).
+
+    With ``allow_partial_key`` an incomplete project offers the Allow partial features checkbox of that key."""
     try:
         return current_feature_index(project)
+    except FeaturesIncomplete as error:
+        st.warning(f"{needed_for} needs the gradient features of every row. {markdown_text(error)}")
+        index = partial_features(project, error, allow_partial_key) if allow_partial_key else None
+        if index is not None:
+            return index
+        page_link("features.py", "Compute the features on the Features page", ":material/memory:")
     except FeaturesMissing as error:
         st.warning(f"{needed_for} needs the gradient features. {markdown_text(error)}")
         page_link("features.py", "Compute the features on the Features page", ":material/memory:")

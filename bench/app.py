@@ -74,6 +74,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the test suite's helpers (conftest, browser) are not part of the package
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -380,8 +381,9 @@ def ensure_graph_and_runs(store, project: str, record: SetupRecord) -> str:
 
 
 def setup(args) -> tuple[object, str, SetupRecord]:
+    from conftest import build_tiny_model  # tests/ (browser_walk_steps puts it on sys.path too)
+
     from core.store import Store
-    from tests.conftest import build_tiny_model
 
     args.cache.mkdir(parents=True, exist_ok=True)
     record = SetupRecord(args.cache / "setup.json")
@@ -630,7 +632,6 @@ def browser_walk_steps(cache: Path, walk_run: str, clicks: int) -> dict:
     (tests/browser.py's plumbing), only the step panel's fragment rerunning.  Each click is timed in the page from
     the click until the new step's heading is drawn (``NEXT_CLICK_JS``): what a user waits for, the server's run,
     the websocket and the browser's drawing of every element the step changes included."""
-    sys.path.insert(0, str(REPO / "tests"))
     from browser import AppServer, StreamlitPage, launch_chromium, missing_browser_reason
     from playwright.sync_api import sync_playwright
 

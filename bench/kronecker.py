@@ -33,8 +33,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from features import (  # bench/features.py: this script's folder is on sys.path
+    SHARED_POOL,
+    distortion,
+    load_pool_rows,
+    pairwise_cosines,
+    rel_err,
+    sync,
+)
 
-from bench.features import SHARED_POOL, distortion, load_pool_rows, pairwise_cosines, rel_err, sync
 from core.config import LoraArguments
 from core.features.gradients import HookGradientComputer, per_example_gradient
 from core.features.lora import add_lora, gradient_dim, lora_parameters

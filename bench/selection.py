@@ -13,6 +13,7 @@ cap cuts it short the ratio is projected from its picks so far and the output sa
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from threadpoolctl import threadpool_limits
 
 from core.selection.g2is import G2ISParams, core_knowledge, make_plan, result_from_events, walk_events
 from core.selection.graph import build_graph, normalize_rows
-from tests.reference_g2is import reference_g2is
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the test suite's helpers are not part of the package
+
+from reference_g2is import reference_g2is  # noqa: E402
 
 
 def clustered_features(rows: int, dim: int, clusters: int = 50, seed: int = 0, block: int = 2000, return_labels: bool = False):

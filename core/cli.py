@@ -41,9 +41,19 @@ from core.jobs import (
 )
 from core.selection.export import EXPORT_FORMATS, export_selection
 from core.selection.g2is import G2ISParams
-from core.selection.graph import DEFAULT_K
-from core.selection.runs import FeaturesMissing, feature_index, load_project_features, project_graph, run_selection
+from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG
+from core.selection.runs import (
+    FeaturesMissing,
+    feature_index,
+    load_project_features,
+    project_graph,
+    run_selection,
+    stored_graph_choice,
+)
 from core.store import Store, StoreBusyError, StoreError
+
+ALLOW_PARTIAL_HELP = ("use the rows whose features are done while others are missing (a job still running, or "
+                      "features --limit); the run records its coverage.  Without it an incomplete project is refused")
 
 
 def _store() -> Store:
@@ -51,7 +61,6 @@ def _store() -> Store:
 
 
 def _settings_from_args(store: Store, args) -> FeatureSettings:
-
     flags = {"lora_targets": "lora_targets", "projection_kind": "proj_kind", "projection_dim": "proj_dim",
              "projection_seed": "proj_seed", "projection_sparsity": "proj_sparsity",
              "projection_factor_dim": "proj_factor_dim"}
@@ -60,7 +69,6 @@ def _settings_from_args(store: Store, args) -> FeatureSettings:
 
 
 def cmd_ingest(args) -> int:
-
     store = _store()
     if not args.pool and not args.targets:
         print("error: give --pool FILE... and/or --targets FILE...", file=sys.stderr)
@@ -81,7 +89,6 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_demo(args) -> int:
-
     store = _store()
     project = create_demo_project(store, args.project)
     counts = store.row_counts(project)
@@ -129,7 +136,6 @@ def watch(store: Store, job_id: str, stream=sys.stderr) -> int:
 
 
 def cmd_features(args) -> int:
-
     store = _store()
     if args.ray:  # (core.features.distributed loads torch: imported only for a Ray run)
 
@@ -159,7 +165,6 @@ def cmd_features(args) -> int:
 
 
 def cmd_status(args) -> int:
-
     status = project_status(_store(), args.project)
     if args.json:
         print(json.dumps(status, indent=1, default=str))
@@ -215,7 +220,6 @@ def cmd_dump(args) -> int:
 
 
 def _latest_graph(store: Store, project: str) -> dict | None:
-
     try:
         index = feature_index(store, project)
     except FeaturesMissing:
@@ -225,9 +229,8 @@ def _latest_graph(store: Store, project: str) -> dict | None:
 
 
 def cmd_graph(args) -> int:
-
     store = _store()
-    features = load_project_features(store, args.project)
+    features = load_project_features(store, args.project, allow_partial=args.allow_partial)
     started = time.perf_counter()
     graph, info = project_graph(store, features, k=args.k, k_neg=args.k_conflict, rebuild=args.rebuild)
     took = time.perf_counter() - started
@@ -261,18 +264,22 @@ def _method_params(args) -> dict:
 
 
 def cmd_select(args, walk: bool = False) -> int:
-
     store = _store()
     method = "g2is" if walk else args.method
     params = _method_params(args)
-    if method == "g2is" or walk:
-        params.setdefault("k", args.k)
+    graph = None
+    if method == "g2is" and params.get("use_graph", True):
+        if args.k is not None:
+            params["k"] = args.k
+        else:  # the graph the user built with `graph --k ...`, when it is the only one
+            index = feature_index(store, args.project, allow_partial=args.allow_partial)
+            graph, note = stored_graph_choice(store, index.feature_key)
+            print(f"note: {note}", file=sys.stderr)
     printer = (lambda event: print(f"{event.kind:<15} {event.describe()}")) if walk and args.steps else None
     run = run_selection(store, args.project, method, ratio=args.ratio, budget=args.budget, params=params,
-                        on_event=printer)
+                        graph=graph, allow_partial=args.allow_partial, on_event=printer)
     result = run.result
     if args.out:
-
         manifest = export_selection(store, run.run_id, args.format, args.out)
         print(f"wrote {manifest['selected']} rows to {manifest['path']} ({args.format}) and {manifest['manifest_path']}",
               file=sys.stderr)
@@ -294,7 +301,6 @@ def cmd_select(args, walk: bool = False) -> int:
 
 
 def cmd_export(args) -> int:
-
     store = _store()
     run_id = args.run
     if run_id is None:
@@ -309,7 +315,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-
     store = _store()
     for job in store.jobs(args.project):
         current = view(store, job)
@@ -318,14 +323,12 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-
     cancel(_store(), args.job)
     print(f"cancel requested for {args.job}")
     return 0
 
 
 def cmd_resume(args) -> int:
-
     store = _store()
     current = resume(store, args.job)
     print(f"job {args.job}: {current.status}")
@@ -333,7 +336,6 @@ def cmd_resume(args) -> int:
 
 
 def cmd_run_job(args) -> int:
-
     return run_job(_store(), args.job)
 
 
@@ -398,9 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("graph", help="build (or show the cached) kNN gradient graph of the pool")
     p.add_argument("--project", required=True)
-    p.add_argument("--k", type=int, default=32, help="neighbours per row (default 32)")
-    p.add_argument("--k-conflict", type=int, default=8, help="most negative neighbours kept per row (default 8)")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"neighbours per row (default {DEFAULT_K})")
+    p.add_argument("--k-conflict", type=int, default=DEFAULT_K_NEG,
+                   help=f"most negative neighbours kept per row (default {DEFAULT_K_NEG})")
     p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--allow-partial", action="store_true", help=ALLOW_PARTIAL_HELP)
     p.set_defaults(func=cmd_graph)
 
 
@@ -415,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
         size = p.add_mutually_exclusive_group(required=True)
         size.add_argument("--ratio", type=float, help="fraction of the pool, e.g. 0.01")
         size.add_argument("--budget", type=int, help="number of rows")
-        p.add_argument("--k", type=int, default=DEFAULT_K, help=f"G2IS graph neighbours (default {DEFAULT_K})")
+        p.add_argument("--k", type=int, help="G2IS graph neighbours (default: the project's stored graph when it has "
+                       f"exactly one for these features, else {DEFAULT_K})")
         p.add_argument("--delta", type=float, help=f"G2IS consistency threshold (default {G2ISParams.delta})")
         p.add_argument("--val-k", type=float, help=f"G2IS PCA cumulative explained variance (default {G2ISParams.val_k})")
         p.add_argument("--n-components", type=int, help="G2IS: a fixed number of PCA components instead of --val-k")
@@ -424,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--local-only", action="store_true", help="G2IS ablation: no fallback to the global ranking")
         p.add_argument("--no-graph", action="store_true", help="G2IS ablation: anchors and global ranking only")
         p.add_argument("--seed", type=int, help="random / TSDS seed")
+        p.add_argument("--allow-partial", action="store_true", help=ALLOW_PARTIAL_HELP)
         p.add_argument("--param", action="append", metavar="NAME=VALUE", help="any other method parameter (JSON value)")
         p.add_argument("--json", action="store_true", help="print the selected pool ids in order, as JSON")
         p.add_argument("--out", help="also write the selected rows to this JSONL file (with a manifest beside it)")
@@ -452,7 +458,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

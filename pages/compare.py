@@ -1,6 +1,7 @@
 """Compare page: several selection methods at one budget -- their overlap (Jaccard) matrix, the source
 composition of each selection, the rows only one method picked, and each run's notes.  A thin view over
-``core.selection.compare``: stored runs are reused, and only the methods without one run, on the Run button."""
+``core.selection.compare``: stored runs made with each method's default parameters are reused (or the stored run
+picked for a method), and only the methods without one run, with their defaults, on the Run button."""
 from __future__ import annotations
 
 import streamlit as st
@@ -8,10 +9,12 @@ import streamlit as st
 from app import session
 from core.selection.compare import (
     COMPARE_METHODS,
+    DEFAULTS_LABEL,
     METHOD_TITLES,
     UNIQUE_ROWS_LISTED,
     Comparison,
     compare_runs,
+    params_caption,
     plan_comparison,
     run_missing,
 )
@@ -29,7 +32,7 @@ def comparison_of(root: str, run_ids: tuple[str, ...]) -> Comparison:
     return compare_runs(session.store(), list(run_ids))
 
 
-index = session.features_or_stop(project, "Comparing methods")
+index = session.features_or_stop(project, "Comparing methods", allow_partial_key="compare-allow-partial")
 
 n_pool = len(index.pool_ids)
 left, middle, right = st.columns([2, 2, 5])
@@ -58,6 +61,21 @@ st.markdown(f"**{plan.budget}** of {n_pool} pool rows per method, on feature set
 for note in plan.budget_notes:
     st.caption(note)
 
+# Per method: the parameters its column uses, and a choice among its stored runs here (default: the defaults).
+rows, pins = {}, {}
+for method in plan.methods:
+    rows[method] = st.columns([3, 2], vertical_alignment="center")
+    choices = {run["id"]: plan.run_label(run) for run in plan.candidates[method]}
+    if choices:
+        pins[method] = rows[method][1].selectbox(
+            f"{METHOD_TITLES.get(method, method)}: run used", [None, *choices], key=f"compare-pin-{method}",
+            format_func=lambda run_id, labels=choices: DEFAULTS_LABEL if run_id is None else labels[run_id],
+            label_visibility="collapsed", help="Use this stored run instead of the one with the default parameters.")
+if any(pins.values()):
+    plan = plan_comparison(store, project, methods, index=index, pinned=pins, **sizing)
+for method in plan.methods:
+    rows[method][0].markdown(markdown_text(plan.caption(method)))
+
 for method, message in st.session_state.pop("compare-failures", {}).items():
     st.error(f"{METHOD_TITLES.get(method, method)} failed: {markdown_text(message)}")
 if plan.missing:
@@ -77,7 +95,7 @@ if plan.missing:
 
         try:
             with st.spinner("Selecting..."):
-                plan = run_missing(store, plan, on_progress=show)
+                plan = run_missing(store, plan, on_progress=show, index=index)
         except ValueError as error:  # FeaturesMissing included
             st.error(markdown_text(error))
             st.stop()
@@ -91,8 +109,10 @@ comparison = comparison_of(str(store.root), tuple(plan.run_ids))
 
 st.subheader("Runs")
 st.dataframe(
-    [{"method": r.label, "run": r.run_id, "selected": r.selected, "budget": r.budget, "seconds": r.seconds,
-      "created": r.created, "parameters": ", ".join(f"{k}={v}" for k, v in sorted(r.params.items()))}
+    [{"method": r.label, "run": r.run_id, "parameters": params_caption(r.method, r.params, plan.defaults[r.method]),
+      "chosen": "picked" if r.method in plan.pinned else "defaults", "selected": r.selected, "budget": r.budget,
+      "seconds": r.seconds, "created": r.created,
+      "all parameters": ", ".join(f"{k}={v}" for k, v in sorted(r.params.items()))}
      for r in comparison.runs],
     hide_index=True,
 )

@@ -14,7 +14,7 @@ import streamlit as st
 
 from app import session
 from core.selection.methods import DEFAULT_RATIO
-from core.selection.runs import FeaturesMissing
+from core.selection.runs import FeaturesIncomplete, FeaturesMissing
 from core.views import walk as walk_view
 from core.views.map import layout_info, load_layout
 from core.views.text import markdown_text
@@ -37,8 +37,8 @@ def cached_replay(_store, root: str, run_id: str) -> walk_view.WalkReplay:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def cached_variance_curve(_store, root: str, project: str, feature_key: str):
-    return walk_view.target_variance_curve(_store, project, feature_key, session.current_feature_index(project))
+def cached_variance_curve(_store, root: str, project: str, feature_key: str, _index):
+    return walk_view.target_variance_curve(_store, project, feature_key, _index)  # the index is keyed by feature_key
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -52,6 +52,11 @@ root = str(store.root)
 index = None
 try:
     index = session.current_feature_index(project)
+except FeaturesIncomplete as error:
+    st.warning(f"The walk needs the gradient features of every row. {markdown_text(error)}")
+    index = session.partial_features(project, error, "walk-allow-partial")
+    if index is None:
+        session.page_link("features.py", "Open the Features page")
 except FeaturesMissing as error:
     st.warning(f"The walk needs gradient features. {markdown_text(error)}")
     session.page_link("features.py", "Open the Features page")
@@ -100,7 +105,7 @@ if submitted:
                             budget=int(rows) if budget_kind == ROWS else None)
     try:
         with st.spinner("Running the walk (loads the features; builds the graph if this k is new)..."):
-            run_id = walk_view.start_walk(store, project, settings)
+            run_id = walk_view.start_walk(store, project, settings, index)
     except FeaturesMissing as error:
         st.warning(markdown_text(error))
         session.page_link("features.py", "Open the Features page")
@@ -141,7 +146,7 @@ if replay.event_count == 0:
     st.stop()
 
 current = index is not None and index.feature_key == run.feature_key
-curve = cached_variance_curve(store, root, project, run.feature_key) if current else None
+curve = cached_variance_curve(store, root, project, run.feature_key, index) if current else None
 st.subheader("Core knowledge: PCA of the target gradients")
 val_k = None if run.params.get("n_components") else run.params.get("val_k")  # a fixed count has no val_k cut
 st.plotly_chart(walk_view.variance_figure(replay.components, val_k, curve), key="walk_variance")

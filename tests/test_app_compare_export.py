@@ -9,10 +9,12 @@ from conftest import REPO, write_jsonl
 from streamlit.testing.v1 import AppTest
 
 from core.data.ingest import ingest_files
-from core.selection.compare import compare_runs
+from core.selection.compare import compare_runs, default_params, matches_defaults, plan_comparison
 from core.selection.export import SHAREGPT_SPEAKERS
-from core.selection.runs import run_selection
+from core.selection.g2is import G2ISParams
+from core.selection.runs import feature_index, run_selection
 from core.store import Store
+from core.views.text import markdown_text
 
 MAIN = str(REPO / "app" / "main.py")
 COMPARE, EXPORT = "../pages/compare.py", "../pages/export.py"  # relative to app/main.py
@@ -234,3 +236,67 @@ def test_compare_page_hints_without_features_or_runs(explore_project):
     assert not app.error and not app.get("plotly_chart")
     assert any("No method has a stored selection at this budget yet" in i.value for i in app.info)
     assert [b.key for b in app.button] == ["compare-run"]
+
+
+def test_compare_uses_default_runs_unless_a_stored_run_is_pinned(explore_project):
+    """A δ=0.5 walk made on the Walk page at the compare budget is not "the G2IS column": Compare runs G2IS with
+    its defaults (δ=0.8) and shows them; picking the δ=0.5 run for G2IS uses it instead, without running anything."""
+    _, project = explore_project
+    store = Store()
+    walk = run_selection(store, project, "g2is", budget=12, params={"delta": 0.5, "val_k": 0.5, "k": 32}).run_id
+    stored_random = run_selection(store, project, "random", budget=12).run_id  # the defaults: reused
+
+    # the plan: defaults matched, the walk only a candidate, and pinned on request
+    index = feature_index(store, project)
+    defaults = default_params("g2is", index)
+    assert defaults["delta"] == G2ISParams.delta == 0.8 and defaults["k"] == G2ISParams.k
+    assert not matches_defaults(store.selection_run(walk)["params"], defaults)
+    assert matches_defaults({**defaults, "record_candidates": False, "ratio": 0.2}, defaults)  # recording keys
+    plan = plan_comparison(store, project, ["g2is", "random", "less"], budget=12, index=index)
+    assert plan.missing == ["g2is", "less"] and plan.stored["random"]["id"] == stored_random
+    assert [r["id"] for r in plan.candidates["g2is"]] == [walk] and [r["id"] for r in plan.ignored("g2is")] == [walk]
+    assert plan.caption("g2is").startswith("g2is · δ=0.8 · val_k=0.5 · k=32 (defaults, not run yet; 1 stored run")
+    pinned = plan_comparison(store, project, ["g2is", "random"], budget=12, index=index, pinned={"g2is": walk})
+    assert pinned.missing == [] and pinned.stored["g2is"]["id"] == walk and pinned.pinned == {"g2is"}
+    assert pinned.caption("g2is") == f"g2is · δ=0.5 · val_k=0.5 · k=32 (picked run {walk})"
+    try:
+        plan_comparison(store, project, ["g2is"], budget=11, index=index, pinned={"g2is": walk})
+    except ValueError as error:
+        assert "at 11 rows" in str(error)
+    else:
+        raise AssertionError("a run of another budget was pinned")
+
+    app = open_page(project, COMPARE)
+    app.radio(key="compare-budget-kind").set_value("number of rows").run()
+    app.number_input(key="compare-rows").set_value(12).run()
+    app.multiselect(key="compare-methods").set_value(["g2is", "random"]).run()
+    assert any("Stored at this budget: random." in i.value and "Not run yet: g2is." in i.value for i in app.info)
+    shown = [m.value for m in app.markdown]
+    assert any(markdown_text("g2is · δ=0.8 · val_k=0.5 · k=32 (defaults, not run yet") in v for v in shown)
+    assert any(markdown_text(f"random · seed=0 (stored run {stored_random}, defaults)") in v for v in shown)
+    choice = app.selectbox(key="compare-pin-g2is")
+    assert choice.value is None and choice.options[0] == "run with the defaults"
+    assert choice.options[1].startswith("g2is · δ=0.5 · val_k=0.5 · k=32 · ") and choice.options[1].endswith(walk)
+
+    app.button(key="compare-run").click().run()
+    assert not app.exception and not app.error
+    fresh = [r for r in store.selection_runs(project, "g2is") if r["id"] != walk]
+    assert len(fresh) == 1 and fresh[0]["budget"] == 12 and fresh[0]["params"]["delta"] == 0.8
+    table = app.dataframe[0].value
+    assert list(table["run"]) == [fresh[0]["id"], stored_random]
+    assert list(table["parameters"]) == ["g2is · δ=0.8 · val_k=0.5 · k=32", "random · seed=0"]
+    assert list(table["chosen"]) == ["defaults", "defaults"]
+
+    # pin the walk: its column is the δ=0.5 run, shown as picked; nothing runs
+    app.selectbox(key="compare-pin-g2is").set_value(walk).run()
+    assert not app.exception and not app.error and not [b for b in app.button if b.key == "compare-run"]
+    table = app.dataframe[0].value
+    assert list(table["run"]) == [walk, stored_random]
+    assert list(table["parameters"]) == ["g2is · δ=0.5 · val_k=0.5 · k=32", "random · seed=0"]
+    assert list(table["chosen"]) == ["picked", "defaults"]
+    assert any(markdown_text(f"g2is · δ=0.5 · val_k=0.5 · k=32 (picked run {walk})") in m.value for m in app.markdown)
+    assert len(store.selection_runs(project, "g2is")) == 2
+
+    # back to the defaults: the fresh default run again
+    app.selectbox(key="compare-pin-g2is").set_value(None).run()
+    assert list(app.dataframe[0].value["run"]) == [fresh[0]["id"], stored_random]

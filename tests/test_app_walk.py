@@ -241,6 +241,30 @@ def test_a_project_without_features_says_so_and_cannot_run_a_walk(tmp_path, cach
     assert any("No walk has been run" in i.value for i in app.info)
 
 
+def test_partial_features_are_refused_until_the_user_allows_them(tmp_path, cache, tiny_model_dir):
+    from core.features.featurize import run_features
+
+    store = Store()
+    settings = tiny_settings(tiny_model_dir)
+    make_project(tmp_path, store, n_pool=30, n_targets=4, project="half", settings=settings)
+    run_features(store, "half", settings, limit=12, log=lambda _: None)
+    app = open_walk("half")
+    assert any("18 of 30 pool rows have no feature yet" in shown for shown in (w.value.replace("\\", "")
+                                                                             for w in app.warning))
+    assert button(app, "Run walk").disabled
+    (allow,) = [c for c in app.checkbox if c.label == "Allow partial features"]
+    allow.check().run()
+    assert not app.exception, app.exception
+    assert any("pool: 12 of 30 rows have features" in c.value for c in app.caption)
+    app.radio[0].set_value("rows")
+    [n for n in app.number_input if n.label == "Rows"][0].set_value(4)
+    button(app, "Run walk").click().run()
+    assert not app.exception, app.exception
+    (run,) = store.selection_runs("half", "g2is")
+    assert run["params"]["coverage"] == {"pool": [12, 30], "targets": [4, 4]}
+    assert any(note.startswith("partial selection: 18 pool rows") for note in run["notes"])
+
+
 def test_the_walk_path_is_drawn_on_the_stored_gradient_map(explore_project):
     _, project = explore_project
     store = Store()

@@ -84,6 +84,65 @@ def test_graph_select_walk_export_and_dump(project_with_features, tmp_path, caps
     assert np.allclose(row_sims[:, 0], sims.max(axis=1), atol=1e-5)
 
 
+def test_select_without_k_walks_the_graph_the_user_built(project_with_features, capsys):
+    project = project_with_features
+    assert main(["select", "--project", project, "--method", "g2is", "--budget", "6"]) == 0
+    assert "no graph is stored for these features: building the default one (k=32)" in capsys.readouterr().err
+    store = Store()
+    assert [g["k"] for g in store.graphs(store.selection_runs(project)[0]["feature_key"])] == [32]
+    assert main(["graph", "--project", project, "--k", "8", "--k-conflict", "3"]) == 0
+    capsys.readouterr()
+    # two graphs now: without --k, select says so and walks the default (k=32) one
+    assert main(["select", "--project", project, "--method", "g2is", "--budget", "6"]) == 0
+    assert "2 graphs are stored for these features (k = 32, 8): walking the default one (k=32)" in capsys.readouterr().err
+    assert store.selection_runs(project, "g2is")[0]["params"]["k"] == 32
+
+
+def test_select_without_k_uses_the_only_stored_graph(project_with_features, capsys):
+    project = project_with_features
+    assert main(["graph", "--project", project, "--k", "8", "--k-conflict", "3"]) == 0
+    capsys.readouterr()
+    assert main(["select", "--project", project, "--method", "g2is", "--budget", "6", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "walking the stored graph" in captured.err and "(k=8, 3 conflict edges per row" in captured.err
+    store = Store()
+    run = store.selection_runs(project, "g2is")[0]
+    assert run["params"]["k"] == 8 and len(store.graphs(run["feature_key"])) == 1  # no default graph was built
+    assert len(json.loads(captured.out)) == 6
+
+
+def test_partial_features_are_refused_unless_allowed_and_the_run_records_its_coverage(tmp_path, cache,
+                                                                                     tiny_model_dir, capsys):
+    pool, targets = chat_rows(30, "pool"), chat_rows(4, "target")
+    assert main(["ingest", "--project", "part", "--pool", str(write_jsonl(tmp_path / "pool.jsonl", pool)),
+                 "--targets", str(write_jsonl(tmp_path / "targets.jsonl", targets))]) == 0
+    # a second project over the same feature config, all of whose rows are done
+    assert main(["ingest", "--project", "done", "--pool", str(write_jsonl(tmp_path / "small.jsonl", pool[:12])),
+                 "--targets", str(tmp_path / "targets.jsonl")]) == 0
+    for project, limit in (("part", ["--limit", "12"]), ("done", [])):
+        assert main(["features", "--project", project, "--model", str(tiny_model_dir), "--max-tokens", "64",
+                     "--proj-dim", "256", "--warmup-fraction", "0.1", "--inline", *limit]) == 0
+    capsys.readouterr()
+    assert main(["select", "--project", "part", "--method", "less", "--budget", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "project 'part': 18 of 30 pool rows have no feature yet" in err, err
+    assert "python -m core features --project part" in err and "--allow-partial" in err
+    assert Store().selection_runs("part") == []
+    assert main(["select", "--project", "done", "--method", "less", "--budget", "4"]) == 0  # its own rows are done
+    capsys.readouterr()
+
+    assert main(["select", "--project", "part", "--method", "less", "--budget", "4", "--allow-partial",
+                 "--out", str(tmp_path / "subset.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "note: partial selection: 18 pool rows had no feature yet" in out
+    assert "note: features cover 12 of 30 pool rows and 4 of 4 targets rows" in out
+    run = Store().selection_runs("part")[0]
+    assert run["params"]["coverage"] == {"pool": [12, 30], "targets": [4, 4]}
+    manifest = json.loads((tmp_path / "subset.manifest.json").read_text())
+    assert manifest["params"]["coverage"] == {"pool": [12, 30], "targets": [4, 4]}
+    assert any("partial selection" in note for note in manifest["notes"])
+
+
 def test_select_reports_clear_errors(project_with_features, cache, capsys):
     assert main(["select", "--project", "nope", "--method", "less", "--budget", "3"]) == 1
     assert "no project 'nope'" in capsys.readouterr().err

@@ -1,16 +1,21 @@
 """Compare selection methods on one project at one budget, over stored selection runs.
 
 Role: the Compare page's logic.  ``plan_comparison`` finds, per method, the stored run made on the project's
-current features at the same row budget (so nothing that is stored is ever recomputed), ``run_missing`` runs the
-other methods once the features are loaded (one load for all of them), and ``compare_runs`` summarises any set of
+current features at the same row budget *with the method's default parameters* (so nothing that is stored is
+recomputed, and a δ=0.5 walk made on the Walk page never silently becomes "the G2IS column"), or the stored run
+the caller pinned for that method; ``run_missing`` runs the other methods, with their defaults, once the features
+are loaded (one load for all of them), and ``compare_runs`` summarises any set of
 stored runs: the Jaccard overlap matrix of their selected row sets, the source composition of each selection,
 the rows that only one run picked, and each run's notes.  The summaries read only the selected rows' ids,
 sources and (for the unique rows) texts from the store, never the feature matrices.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+import importlib
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import datetime
 
 import numpy as np
@@ -35,10 +40,105 @@ METHOD_TITLES = {
 NO_SOURCE = "(no source)"
 UNIQUE_ROWS_LISTED = 200  # per run: enough to read, little enough to send to the browser
 
+# Where each method keeps its defaults: (module, name) of a parameter dataclass or a dict of defaults.  Read lazily,
+# like ``METHODS``, so that planning a comparison imports neither faiss nor sentence-transformers.
+_DEFAULTS_OF: dict[str, tuple[str, str]] = {
+    "g2is": ("core.selection.g2is", "G2ISParams"),
+    "less": ("core.selection.less", "DEFAULTS"),
+    "tsds-uniform": ("core.selection.tsds", "UNIFORM_DEFAULTS"),
+    "tsds-kde": ("core.selection.tsds", "KDE_DEFAULTS"),
+    "random": ("core.selection.baselines", "RANDOM_DEFAULTS"),
+    "embedding": ("core.selection.baselines", "EMBEDDING_DEFAULTS"),
+}
+# Keys a stored run's params may hold that say how the run was *recorded or sized*, not what it selects: the
+# fraction asked for (the budget itself is matched separately) and whether G2IS kept its rejected candidates as
+# events.  They are never compared.
+RECORDING_PARAMS = frozenset({"ratio", "record_candidates"})
+# How a parameter is shown in captions (others by their own name).
+PARAM_SYMBOLS = {"delta": "δ"}
+# The parameters every caption of a method shows; any other parameter is shown only when it is not the default.
+HEADLINE_PARAMS: dict[str, tuple[str, ...]] = {
+    "g2is": ("delta", "val_k", "k"), "less": (), "tsds-uniform": ("alpha", "C"),
+    "tsds-kde": ("alpha", "C", "sigma"), "random": ("seed",), "embedding": (),
+}
+DEFAULTS_LABEL = "run with the defaults"
+
+
+def default_params(method: str, index: FeatureIndex | None = None) -> dict:
+    """The parameters ``method`` runs with when none are given, as ``run_selection`` records them.
+
+    Read from the method module's own defaults (``G2ISParams``, ``DEFAULTS``, ...), never restated here.  With the
+    project's ``index``, the defaults that the project's context fills in are filled in too, as ``run_selection``
+    does: LESS's ``checkpoint_weights`` become the features' learning-rate weights.  (G2IS's graph ``k`` is
+    ``run_selection``'s ``DEFAULT_K``, which is ``G2ISParams.k``.)"""
+    method = METHOD_ALIASES.get(method, method)
+    if method not in _DEFAULTS_OF:
+        raise ValueError(f"unknown selection method {method!r}; choose from {', '.join(METHODS)}")
+    module, name = _DEFAULTS_OF[method]
+    source = getattr(importlib.import_module(module), name)
+    defaults = {f.name: f.default for f in fields(source)} if is_dataclass(source) else dict(source)
+    if method == "less" and index is not None and defaults.get("checkpoint_weights") is None:
+        defaults["checkpoint_weights"] = list(index.checkpoint_weights)
+    return defaults
+
+
+def same_value(a, b) -> bool:
+    """Parameter equality that survives the store's JSON round trip: numbers up to float rounding (ints and floats
+    alike, booleans only equal to booleans), lists and tuples element by element."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or (isinstance(a, bool) and isinstance(b, bool) and a == b)
+    if isinstance(a, numbers.Real) and isinstance(b, numbers.Real):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def matches_defaults(params: dict, defaults: dict) -> bool:
+    """Whether a stored run's ``params`` are the ``defaults`` (``default_params``, context filled in).
+
+    The rule: every parameter that both sides name must be equal (``same_value``); the recording keys
+    (``RECORDING_PARAMS``) are never compared; a default the run does not name (a run stored before that parameter
+    existed) counts as the default, and a key only the run names (none today: ``resolve_params`` rejects unknown
+    names) is ignored."""
+    return all(same_value(params[key], value) for key, value in defaults.items()
+               if key in params and key not in RECORDING_PARAMS)
+
+
+def format_value(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def params_caption(method: str, params: dict, defaults: dict | None = None) -> str:
+    """A short line naming a run's method and parameters, e.g. ``g2is · δ=0.8 · val_k=0.5 · k=32``: the method's
+    headline parameters (``HEADLINE_PARAMS``), then every other parameter whose value is not the default
+    (``defaults``, ``default_params(method)`` when not given; recording keys left out)."""
+    defaults = default_params(method) if defaults is None else defaults
+    headline = HEADLINE_PARAMS.get(method, ())
+    shown = [key for key in headline if key in params]
+    shown += [key for key in params if key not in headline and key not in RECORDING_PARAMS
+              and not (key in defaults and same_value(params[key], defaults[key]))]
+    return " · ".join([method, *(f"{PARAM_SYMBOLS.get(key, key)}={format_value(params[key])}" for key in shown)])
+
+
+def run_label(run: dict, defaults: dict | None = None) -> str:
+    """How a stored run is offered in a choice: its parameters, when it was made and its id."""
+    return f"{params_caption(run['method'], run['params'], defaults)} · {run['created']:%Y-%m-%d %H:%M} · {run['id']}"
+
 
 @dataclass(frozen=True)
 class ComparePlan:
-    """Which methods already have a stored run for this comparison and which still have to run."""
+    """Which methods already have a stored run for this comparison and which still have to run.
+
+    ``stored`` holds, per method, the pinned run or else the latest stored run with the method's default parameters;
+    ``candidates`` every stored run of each method on these features at this budget (newest first, any params), the
+    runs a caller may pin."""
 
     project: str
     feature_key: str
@@ -46,9 +146,12 @@ class ComparePlan:
     budget: int  # rows per method, after ``budget_from``
     ratio: float | None  # the fraction asked for, if the budget was given as one (kept in the runs' params)
     methods: tuple[str, ...]
-    stored: dict[str, dict]  # method -> the latest stored run (a ``Store.selection_run`` dict)
+    stored: dict[str, dict]  # method -> the run its column uses (a ``Store.selection_run`` dict)
     budget_notes: tuple[str, ...] = ()
     failures: dict[str, str] = field(default_factory=dict)  # method -> why its run failed (after ``run_missing``)
+    candidates: dict[str, list[dict]] = field(default_factory=dict)  # method -> its stored runs here, newest first
+    pinned: frozenset[str] = frozenset()  # the methods whose run the caller chose explicitly
+    defaults: dict[str, dict] = field(default_factory=dict)  # method -> its default params, context filled in
 
     @property
     def missing(self) -> list[str]:
@@ -58,40 +161,92 @@ class ComparePlan:
     def run_ids(self) -> list[str]:
         return [self.stored[m]["id"] for m in self.methods if m in self.stored]
 
+    def params_of(self, method: str) -> dict:
+        """The params of ``method``'s column: its run's, or the defaults it will run with."""
+        return self.stored[method]["params"] if method in self.stored else self.defaults[method]
+
+    def ignored(self, method: str) -> list[dict]:
+        """Stored runs of ``method`` here that the plan leaves out because their params are not the defaults."""
+        if method in self.pinned:
+            return []
+        return [run for run in self.candidates.get(method, [])
+                if not matches_defaults(run["params"], self.defaults[method])]
+
+    def run_label(self, run: dict) -> str:
+        return run_label(run, self.defaults[run["method"]])
+
+    def caption(self, method: str) -> str:
+        """``params_caption`` of ``method``'s column, and whether it is a picked, stored or still-to-run run."""
+        how = (f"picked run {self.stored[method]['id']}" if method in self.pinned else
+               f"stored run {self.stored[method]['id']}, defaults" if method in self.stored else "defaults, not run yet")
+        left_out = len(self.ignored(method))
+        if left_out:
+            how += f"; {left_out} stored run{'s' if left_out != 1 else ''} with other parameters not used unless picked"
+        return f"{params_caption(method, self.params_of(method), self.defaults[method])} ({how})"
+
 
 def plan_comparison(store: Store, project: str, methods: Sequence[str], *, ratio: float | None = None,
-                    budget: int | None = None, index: FeatureIndex | None = None) -> ComparePlan:
-    """Match each method with its latest stored run on the current features at the same row budget.
+                    budget: int | None = None, index: FeatureIndex | None = None,
+                    pinned: Mapping[str, str | None] | None = None) -> ComparePlan:
+    """Match each method with its latest stored run on the current features at the same row budget whose params are
+    the method's defaults (``matches_defaults``), unless ``pinned`` names a run for it.
 
-    Raises ``FeaturesMissing`` when the project has no features, ``ValueError`` for a bad budget or method."""
+    ``pinned`` maps a method to the id of one of its stored runs on these features at this budget (one of
+    ``plan.candidates[method]``); it overrides the default matching, whatever that run's params.  A ``None`` value
+    means no pin.  Raises ``FeaturesMissing`` when the project has no features, ``ValueError`` for a bad budget or
+    method, or a pinned run that is not a stored run of that method on these features at this budget."""
     index = index or feature_index(store, project)
     count, notes = budget_from(len(index.pool_ids), ratio=ratio, budget=budget)
     wanted: list[str] = []
     for name in methods:
-        method = METHOD_ALIASES.get(name, name)
-        if method not in METHODS:
-            raise ValueError(f"unknown selection method {name!r}; choose from {', '.join(METHODS)}")
+        method = _method(name)
         if method not in wanted:
             wanted.append(method)
+    defaults = {method: default_params(method, index) for method in wanted}
+    candidates: dict[str, list[dict]] = {method: [] for method in wanted}
+    for run in store.selection_runs(project):  # newest first
+        if run["method"] in candidates and run["feature_key"] == index.feature_key and run["budget"] == count:
+            candidates[run["method"]].append(run)
     stored: dict[str, dict] = {}
-    for run in store.selection_runs(project):  # newest first, so the first match per method is the latest
-        if run["method"] in wanted and run["method"] not in stored and run["feature_key"] == index.feature_key \
-                and run["budget"] == count:
-            stored[run["method"]] = run
+    for method, runs in candidates.items():
+        match = next((run for run in runs if matches_defaults(run["params"], defaults[method])), None)
+        if match is not None:
+            stored[method] = match
+    pins: set[str] = set()
+    for name, run_id in (pinned or {}).items():
+        if run_id is None:
+            continue
+        method = _method(name)
+        if method not in candidates:
+            raise ValueError(f"run {run_id} is pinned for {method}, which is not among the compared methods")
+        run = next((r for r in candidates[method] if r["id"] == run_id), None)
+        if run is None:
+            raise ValueError(f"run {run_id!r} is not a stored {method} run on this project's current features "
+                             f"at {count} rows; pick one of: {', '.join(r['id'] for r in candidates[method]) or 'none'}")
+        stored[method] = run
+        pins.add(method)
     return ComparePlan(project, index.feature_key, len(index.pool_ids), count, ratio, tuple(wanted), stored,
-                       tuple(notes))
+                       tuple(notes), candidates=candidates, pinned=frozenset(pins), defaults=defaults)
+
+
+def _method(name: str) -> str:
+    method = METHOD_ALIASES.get(name, name)
+    if method not in METHODS:
+        raise ValueError(f"unknown selection method {name!r}; choose from {', '.join(METHODS)}")
+    return method
 
 
 def run_missing(store: Store, plan: ComparePlan, on_progress: Callable[[str, int, int], None] | None = None,
-                features: ProjectFeatures | None = None) -> ComparePlan:
-    """Run every method of ``plan`` that has no stored run, loading the features once for all of them.
+                features: ProjectFeatures | None = None, index: FeatureIndex | None = None) -> ComparePlan:
+    """Run every method of ``plan`` that has no stored run, with its default parameters, loading the features once
+    for all of them.
 
     ``on_progress(method, done, total)`` is called before each method (and once at the end with ``method=""``).
     A method that fails does not stop the others: its message lands in the returned plan's ``failures``."""
     todo = plan.missing
     stored, failures = dict(plan.stored), {}
     if todo:
-        features = features or load_project_features(store, plan.project)
+        features = features or load_project_features(store, plan.project, index)  # a partial index stays partial
         if features.feature_key != plan.feature_key:
             raise ValueError("the project's features changed since this comparison was planned; plan it again")
     for done, method in enumerate(todo):

@@ -8,13 +8,14 @@ checkpoint) and keys everything it saves by a hash of those feature sets.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from core.config import stable_hash
 from core.data.projects import project_settings
 from core.features.featurize import learning_rate_weights, plan_features
+from core.jobs import ACTIVE
 from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG, FAISS_THRESHOLD, GradientGraph, build_graph, normalize_rows
 from core.selection.methods import METHODS, SelectionResult, budget_from, select
 from core.store import Store
@@ -24,6 +25,11 @@ METHOD_ALIASES = {"tsds": "tsds-kde"}  # TSDS's main variant is KNN-KDE
 
 class FeaturesMissing(ValueError):
     """The project has no complete features yet; the message says what to run."""
+
+
+class FeaturesIncomplete(FeaturesMissing):
+    """Some of the project's rows have no feature yet (a job is running, or ``features --limit`` ran): a selection
+    would silently cover only the finished rows, so it is refused unless the caller allows a partial one."""
 
 
 @dataclass(eq=False)
@@ -46,6 +52,20 @@ class ProjectFeatures:
     pool_texts: list[str]
     target_texts: list[str]
     pool_sources: list[str]
+    coverage: dict = field(default_factory=dict)  # as FeatureIndex's: role -> [rows with a feature, project rows]
+    unfinished: dict = field(default_factory=dict)  # role -> rows not computed yet (a partial selection's)
+
+
+def coverage_notes(features: ProjectFeatures) -> list[str]:
+    """What a run says about the rows it could choose from when that is not every row of the project."""
+    notes = []
+    if any(features.unfinished.values()):
+        notes.append("partial selection: " + ", ".join(f"{n} {role} rows had no feature yet"
+                                                        for role, n in features.unfinished.items() if n))
+    if any(covered < total for covered, total in features.coverage.values()):
+        notes.append("features cover " + " and ".join(f"{covered} of {total} {role} rows"
+                                                      for role, (covered, total) in features.coverage.items()))
+    return notes
 
 
 def row_text(messages: list[dict]) -> str:
@@ -63,17 +83,44 @@ class FeatureIndex:
     pool_ids: list[str]
     target_ids: list[str]
     checkpoint_weights: list[float]
+    coverage: dict = field(default_factory=dict)  # role -> [rows with a feature, rows of the project]
+    unfinished: dict = field(default_factory=dict)  # role -> rows neither computed nor failed yet (allow_partial)
+
+    @property
+    def partial(self) -> bool:
+        return any(self.unfinished.values())
 
 
-def feature_index(store: Store, project: str) -> FeatureIndex:
-    """The current settings' feature sets and the rows every checkpoint has; raises ``FeaturesMissing``."""
+def _finish_hint(store: Store, project: str) -> str:
+    running = [job for job in store.jobs(project) if job.status in ACTIVE]
+    if running:
+        return (f"a feature job is running ({running[0].id}, {running[0].done}/{running[0].total} rows): wait for it "
+                f"to finish")
+    return f"run `python -m core features --project {project}` (or Compute features on the Features page)"
 
+
+def feature_index(store: Store, project: str, allow_partial: bool = False) -> FeatureIndex:
+    """The current settings' feature sets and the rows every checkpoint has; raises ``FeaturesMissing``.
+
+    By default every row of the project must have a feature or a recorded error (``FeaturesIncomplete`` says how
+    many are missing and how to finish them); ``allow_partial`` takes the finished rows, and the index records its
+    coverage.  The check is on this project's own rows, so a project that shares a feature config with another
+    one is judged by its rows, not the other's."""
     if project not in store.projects():
         raise ValueError(f"no project {project!r} in {store.root}")
     plan = plan_features(store, project, project_settings(store, project))
     if plan.missing_checkpoints or not all(store.finished_hashes(c.key) for c in plan.configs):
         raise FeaturesMissing(f"project {project!r} has no features for its current settings yet: "
-                              f"run `python -m core features --project {project}` (or launch them on the Features page)")
+                              f"{_finish_hint(store, project)}")
+    missing = {role: {row.content_hash for c in plan.configs if c.role == role for row in plan.missing[c.key]}
+               for role in ("pool", "targets")}
+    unfinished = {role: sum(row.content_hash in missing[role] for row in plan.rows[role]) for role in missing}
+    if any(unfinished.values()) and not allow_partial:
+        counts = " and ".join(f"{unfinished[role]} of {len(plan.rows[role])} {role} rows"
+                              for role in ("pool", "targets") if unfinished[role])
+        raise FeaturesIncomplete(f"project {project!r}: {counts} have no feature yet, so a selection would cover only "
+                                 f"the others: {_finish_hint(store, project)}; or select from the finished rows "
+                                 "anyway (--allow-partial, or Allow partial features on the page)")
     config_keys: dict[str, list[str]] = {"pool": [], "targets": []}
     ids: dict[str, list[str]] = {}
     for checkpoint in plan.checkpoints:
@@ -95,11 +142,13 @@ def feature_index(store: Store, project: str) -> FeatureIndex:
         feature_key=stable_hash([c.key for c in plan.configs] + [ids["pool"], ids["targets"]]),
         config_keys=config_keys, pool_ids=ids["pool"], target_ids=ids["targets"],
         checkpoint_weights=[weights_by_key[c.key] for c in plan.checkpoints],
+        coverage={role: [len(ids[role]), len(plan.rows[role])] for role in ("pool", "targets")}, unfinished=unfinished,
     )
 
 
-def load_project_features(store: Store, project: str, index: FeatureIndex | None = None) -> ProjectFeatures:
-    index = index or feature_index(store, project)
+def load_project_features(store: Store, project: str, index: FeatureIndex | None = None,
+                          allow_partial: bool = False) -> ProjectFeatures:
+    index = index or feature_index(store, project, allow_partial)
     rows = {role: {r.row_id: r for r in store.rows(project, role)} for role in ("pool", "targets")}
     wanted = {"pool": index.pool_ids, "targets": index.target_ids}
     matrices: dict[str, list[np.ndarray]] = {"pool": [], "targets": []}
@@ -121,7 +170,7 @@ def load_project_features(store: Store, project: str, index: FeatureIndex | None
         pool_by_checkpoint=matrices["pool"], targets_by_checkpoint=matrices["targets"],
         checkpoint_weights=index.checkpoint_weights,
         pool_texts=[row_text(r.messages) for r in pool_rows], target_texts=[row_text(r.messages) for r in target_rows],
-        pool_sources=[r.source for r in pool_rows],
+        pool_sources=[r.source for r in pool_rows], coverage=index.coverage, unfinished=index.unfinished,
     )
 
 
@@ -130,9 +179,10 @@ def graph_key(features: ProjectFeatures, k: int, k_neg: int) -> str:
 
 
 def project_graph(store: Store, features: ProjectFeatures, k: int = DEFAULT_K, k_neg: int = DEFAULT_K_NEG,
-                  backend: str = "auto", rebuild: bool = False) -> tuple[GradientGraph, dict]:
-    """The project's kNN gradient graph for ``k``: from the store, or built now and stored."""
-    key = graph_key(features, k, k_neg)
+                  backend: str = "auto", rebuild: bool = False, key: str | None = None) -> tuple[GradientGraph, dict]:
+    """The project's kNN gradient graph for ``k``: from the store, or built now and stored.  ``key`` names a stored
+    graph of these features directly (``stored_graph_choice``), whatever its k."""
+    key = key or graph_key(features, k, k_neg)
     if not rebuild:
         arrays = store.load_graph(key)
         if arrays is not None:
@@ -147,6 +197,23 @@ def project_graph(store: Store, features: ProjectFeatures, k: int = DEFAULT_K, k
     return graph, store.graph_info(key)
 
 
+def stored_graph_choice(store: Store, feature_key: str) -> tuple[str | None, str]:
+    """The graph a G2IS selection walks when the user names no k, and a sentence saying which.
+
+    The project's stored graph when there is exactly one for these features (``graph --k 16`` then ``select`` walks
+    that graph); otherwise ``None``: the default graph (k=DEFAULT_K), built now unless stored."""
+    stored = store.graphs(feature_key)
+    if len(stored) == 1:
+        info = stored[0]
+        return info["key"], (f"walking the stored graph {info['key']} (k={info['k']}, {info['k_conflict']} conflict "
+                             f"edges per row, built {info['created']:%Y-%m-%d %H:%M}); --k chooses another")
+    if not stored:
+        return None, f"no graph is stored for these features: building the default one (k={DEFAULT_K})"
+    ks = ", ".join(sorted({str(info["k"]) for info in stored}))
+    return None, (f"{len(stored)} graphs are stored for these features (k = {ks}): walking the default one "
+                  f"(k={DEFAULT_K}); --k chooses another")
+
+
 @dataclass
 class SelectionRun:
     run_id: str
@@ -155,33 +222,88 @@ class SelectionRun:
     events: int
 
 
+WALK_EVENT_BATCH = 50_000  # walk events per store write: ~50 MB of event dicts at most, a sub-second transaction
+
+
+class WalkRecorder:
+    """The ``on_event`` of a recorded G2IS walk: writes the walk's events to the store in batches of
+    ``batch_size`` as they happen (each batch one short transaction, so other processes keep their turns and
+    memory stays bounded however many candidates a walk examines), under a run id that the store only lists
+    once ``finish`` saves the run -- its last batch in the same transaction as the run's row.  A walk that fails
+    midway calls ``discard``; one whose process dies leaves unlisted events that no reader reaches."""
+
+    def __init__(self, store: Store, method: str, batch_size: int = WALK_EVENT_BATCH, on_event=None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.store, self.batch_size, self.on_event = store, batch_size, on_event
+        self.run_id = store.new_run_id(method)
+        self.count = 0  # events seen
+        self.written = 0  # events already in the store
+        self.write_seconds = 0.0  # time spent in batch writes (not the method's own time)
+        self._pending: list[dict] = []
+
+    def __call__(self, event) -> None:
+        self._pending.append(event.to_dict())
+        self.count += 1
+        if len(self._pending) >= self.batch_size:
+            self.flush()
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def flush(self) -> None:
+        if self._pending:
+            started = time.perf_counter()
+            self.store.append_walk_events(self.run_id, self._pending, self.written)
+            self.written += len(self._pending)
+            self._pending = []
+            self.write_seconds += time.perf_counter() - started
+
+    def finish(self, project: str, method: str, params: dict, feature_key: str, budget: int, rows, notes,
+               seconds: float) -> str:
+        """Save the run (rows, notes, the events not yet written): from now on readers list it."""
+        run_id = self.store.save_selection(project, method, params, feature_key, budget, rows, notes, seconds,
+                                           self._pending or None, run_id=self.run_id, events_start=self.written)
+        self.written += len(self._pending)
+        self._pending = []
+        return run_id
+
+    def discard(self) -> None:
+        """Drop what an unfinished run wrote (best effort: the error that stopped the walk is the one to raise)."""
+        self._pending = []
+        try:
+            self.store.discard_walk_events(self.run_id)
+        except Exception:  # a busy or broken store must not hide the walk's own error
+            pass
+
+
 def run_selection(store: Store, project: str, method: str, *, ratio: float | None = None, budget: int | None = None,
                   params: dict | None = None, features: ProjectFeatures | None = None, k: int = DEFAULT_K,
-                  record_events: bool = True, on_event=None) -> SelectionRun:
+                  graph: str | None = None, allow_partial: bool = False, record_events: bool = True, on_event=None,
+                  event_batch: int = WALK_EVENT_BATCH) -> SelectionRun:
     """Run one method on the project's features and store the run (with the walk's events for G2IS).
 
-    ``on_event`` also receives each walk event object as it happens (the CLI prints them)."""
+    G2IS walks the graph of degree ``params["k"]`` (else ``k``), or the stored graph whose key is ``graph``.
+    ``on_event`` also receives each walk event object as it happens (the CLI prints them).  The walk's events go
+    to the store ``event_batch`` at a time while it runs (``WalkRecorder``); the run is listed once complete."""
     method = METHOD_ALIASES.get(method, method)
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
-    features = features or load_project_features(store, project)
+    features = features or load_project_features(store, project, allow_partial=allow_partial)
     count, budget_notes = budget_from(len(features.pool_ids), ratio=ratio, budget=budget)
     params = dict(params or {})
     context: dict = {"pool_is_unit": True}  # ProjectFeatures' pool rows are unit already
-    events: list[dict] = []
+    recorder: WalkRecorder | None = None
     pool, targets = features.pool, features.targets
     if method == "g2is":
         graph_k = int(params.get("k", k))
         params["k"] = graph_k
         if params.get("use_graph", True):
-            context["graph"], _ = project_graph(store, features, k=graph_k)
+            context["graph"], info = project_graph(store, features, k=graph_k, key=graph)
+            if graph is not None:  # the stored graph's own degree, which the run records
+                params["k"] = int(info["k"])
         if record_events or on_event is not None:
-            def keep(event) -> None:
-                events.append(event.to_dict())
-                if on_event is not None:
-                    on_event(event)
-
-            context["on_event"] = keep
+            recorder = WalkRecorder(store, method, event_batch, on_event)
+            context["on_event"] = recorder
         if not record_events:
             params["record_candidates"] = False
     elif method == "less":
@@ -191,13 +313,24 @@ def run_selection(store: Store, project: str, method: str, *, ratio: float | Non
     elif method == "embedding":
         context.update(pool_texts=features.pool_texts, target_texts=features.target_texts,
                        target_groups=features.target_groups)
-    started = time.perf_counter()
-    result = select(method, pool, targets, count, params, **context)
-    seconds = time.perf_counter() - started
-    result.notes[:0] = budget_notes
-    ranked = [(row, features.pool_ids[row], score, reason)
-              for row, score, reason in zip(result.rows, result.scores, result.reasons)]
-    run_params = {**result.params, **({"ratio": ratio} if ratio is not None else {})}
-    run_id = store.save_selection(project, method, run_params, features.feature_key, count, ranked, result.notes,
-                                  seconds, events or None)
-    return SelectionRun(run_id, result, features, len(events))
+    try:
+        started = time.perf_counter()
+        result = select(method, pool, targets, count, params, **context)
+        seconds = time.perf_counter() - started - (recorder.write_seconds if recorder else 0.0)
+        result.notes[:0] = budget_notes + coverage_notes(features)
+        ranked = [(row, features.pool_ids[row], score, reason)
+                  for row, score, reason in zip(result.rows, result.scores, result.reasons)]
+        run_params = {**result.params, **({"ratio": ratio} if ratio is not None else {})}
+        if any(features.unfinished.values()):  # a partial selection says so in its run and its export manifest
+            run_params["coverage"] = features.coverage
+        if recorder is not None:
+            run_id = recorder.finish(project, method, run_params, features.feature_key, count, ranked, result.notes,
+                                     seconds)
+        else:
+            run_id = store.save_selection(project, method, run_params, features.feature_key, count, ranked,
+                                          result.notes, seconds)
+    except BaseException:
+        if recorder is not None:
+            recorder.discard()
+        raise
+    return SelectionRun(run_id, result, features, recorder.count if recorder else 0)

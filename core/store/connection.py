@@ -27,6 +27,13 @@ process that dies releases its turn with it -- there is no stale lock to clean u
 still come from a program outside this protocol (a DuckDB shell on the file): opening then retries with
 jittered backoff for up to ``busy_timeout`` seconds.  Inside one process a thread lock serialises connections
 too, because DuckDB refuses a read-only and a read-write connection to the same file in one process.
+
+Schema versions: the catalogue records its schema version in the one-row table ``schema_info``.  A Store checks
+it once, when it is created (under the lock, on the connection that creates the schema), never per operation:
+a fresh file gets ``SCHEMA`` and ``SCHEMA_VERSION``; an older file (version 1 is a catalogue written before
+versions were recorded: tables, but no ``schema_info``) is brought up to ``SCHEMA_VERSION`` by ``MIGRATIONS``,
+all in one transaction, so it is either fully migrated or left as it was; a file newer than this code is
+refused with a ``StoreError`` that says what to do, before anything is written to it.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,7 +101,32 @@ CREATE TABLE IF NOT EXISTS map_layouts (
     n_points INTEGER, note VARCHAR, seconds DOUBLE, created TIMESTAMP);
 CREATE TABLE IF NOT EXISTS map_points (
     layout_key VARCHAR, point INTEGER, row_id VARCHAR, role VARCHAR, source VARCHAR, preview VARCHAR, x FLOAT, y FLOAT);
+CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
 """
+"""The current schema (version ``SCHEMA_VERSION``), which a fresh catalogue gets.  Changing it means: bump
+``SCHEMA_VERSION`` and append the migration from the previous version to ``MIGRATIONS``."""
+
+SCHEMA_VERSION = 2
+"""The schema version this code writes and reads.  1: the catalogue before versions were recorded (no
+``schema_info`` table); 2: ``schema_info`` added, the tables otherwise as in 1."""
+
+
+def _add_schema_info(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE TABLE IF NOT EXISTS schema_info (version INTEGER)")
+
+
+MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None] | str], ...] = (
+    (1, "record the schema version (table schema_info)", _add_schema_info),
+)
+"""The ordered migrations, one per version: ``(from_version, what it does, step)`` brings a catalogue from
+``from_version`` to ``from_version + 1``; ``step`` is a function of the open connection or one SQL text (any
+number of ``;``-separated statements).  They run in order inside one transaction, then the ``CREATE TABLE IF
+NOT EXISTS`` statements of ``SCHEMA`` (which add a table that an old catalogue lacks and leave the others as
+they are), then the new version is recorded.  So a new table needs only its ``CREATE`` in ``SCHEMA`` and an
+entry whose step is ``""``; a new column needs its definition in ``SCHEMA`` and a step such as ``"ALTER TABLE
+IF EXISTS jobs ADD COLUMN IF NOT EXISTS host VARCHAR"`` (``IF EXISTS``: a very old catalogue may lack the table,
+which ``SCHEMA`` then creates whole).  ``tests/test_store_schema.py`` checks that a migrated catalogue has
+exactly the tables and columns of a fresh one."""
 
 ROLES = ("pool", "targets")
 INGEST_MEMORY_LIMIT = "128MB"  # DuckDB's memory while it inserts ingested rows (it spills beyond it)
@@ -193,7 +225,49 @@ class Connection:
         with _PROCESS_TURNS_GUARD:
             self._process_turn = _PROCESS_TURNS.setdefault(str(self.path), _ProcessTurn())
         with self._connect(write=True) as con:
+            self._ensure_schema(con)
+
+    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create the schema of a fresh catalogue, migrate an older one, refuse a newer one (see the module doc).
+        Runs once per Store, on its first connection, inside this process's turn."""
+        tables = {name for (name,) in con.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_catalog = current_database() AND table_schema = 'main'").fetchall()}
+        if not tables:
+            version = 0
+        elif "schema_info" not in tables:
+            version = 1
+        else:
+            recorded = con.execute("SELECT max(version) FROM schema_info").fetchone()[0]
+            if recorded is None:
+                raise StoreError(_damaged_database(self.path, "its schema_info table records no schema version"))
+            version = int(recorded)
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the cache {self.path} was written by a newer G2IS Explorer (schema {version}, this "
+                             f"code reads up to {SCHEMA_VERSION}): upgrade, or set G2IS_CACHE_DIR to another folder")
+        steps = {from_version: step for from_version, _, step in MIGRATIONS}
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if version:  # a fresh catalogue gets SCHEMA as it is; an older one its migrations first
+                for from_version in range(version, SCHEMA_VERSION):
+                    step = steps[from_version]
+                    if callable(step):
+                        step(con)
+                    elif step.strip():
+                        con.execute(step)
             con.execute(SCHEMA)
+            con.execute("DELETE FROM schema_info")
+            con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
+        except BaseException as error:
+            con.execute("ROLLBACK")
+            if not version or self._problem(error) is not None or not isinstance(error, duckdb.Error):
+                raise  # a disk fault becomes its StoreError in _connect
+            raise StoreError(f"cannot migrate the cache {self.path} from schema {version} to {SCHEMA_VERSION} "
+                             f"({error}); the file was left as it was: upgrade G2IS Explorer, or move the file "
+                             f"aside (mv {self.path} {self.path}.old) and ingest your files again") from error
+        con.execute("COMMIT")
 
     # ------------------------------------------------------------------------------------ connections
 

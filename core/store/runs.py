@@ -45,6 +45,13 @@ class RunTables(Connection):
         names = ("key", "feature_key", "k", "k_conflict", "n_rows", "backend", "seconds", "created")
         return dict(zip(names, row)) if row else None
 
+    def graphs(self, feature_key: str) -> list[dict]:
+        """Every stored graph of a feature set (``graph_info`` of each), newest first."""
+        with self._connect() as con:
+            keys = [row[0] for row in con.execute("SELECT key FROM graphs WHERE feature_key = ? ORDER BY created DESC",
+                                                  [feature_key]).fetchall()]
+        return [info for info in map(self.graph_info, keys) if info is not None]
+
     def latest_graph(self, feature_key: str) -> dict | None:
         with self._connect() as con:
             row = con.execute("SELECT key FROM graphs WHERE feature_key = ? ORDER BY created DESC LIMIT 1",
@@ -68,12 +75,54 @@ class RunTables(Connection):
 
     # ------------------------------------------------------------------------------------ selections
 
+    @staticmethod
+    def new_run_id(method: str) -> str:
+        """A fresh selection run id; ``append_walk_events`` writes under it before ``save_selection`` lists it."""
+        return f"{method}-{uuid.uuid4().hex[:10]}"
+
+    @staticmethod
+    def _staged_events(events: Sequence[dict], start: int) -> pa.Table:
+        return pa.table({
+            "step": pa.array(range(start, start + len(events)), pa.int32()),
+            "kind": [e.get("kind") for e in events],
+            "component": pa.array([e.get("component") for e in events], pa.int32()),
+            "pool_index": pa.array([e.get("row") for e in events], pa.int32()),
+            "verdict": [e.get("verdict") for e in events],
+            "payload": [json.dumps(e) for e in events],
+        })
+
+    def append_walk_events(self, run_id: str, events: Sequence[dict], start: int) -> None:
+        """Write one batch of a walk's events as steps ``start, start + 1, ...`` in one short transaction.
+
+        A long walk writes its events in batches as it goes (``core.selection.runs.WalkRecorder``) so that its
+        memory stays bounded; the run itself is only listed once ``save_selection(..., run_id=run_id)`` commits
+        its row, so a walk that fails midway never looks complete (``discard_walk_events`` drops its batches)."""
+        if not events:
+            return
+        table = self._staged_events(events, start)  # built before taking the lock: the turn is the insert only
+        with self._transaction() as con:
+            con.register("staged_events", table)
+            con.execute("INSERT INTO walk_events SELECT ?, step, kind, component, pool_index, verdict, payload "
+                        "FROM staged_events", [run_id])
+
+    def discard_walk_events(self, run_id: str) -> None:
+        """Drop the events written for a run that did not finish (it has no ``selection_runs`` row)."""
+        with self._transaction() as con:
+            if con.execute("SELECT count(*) FROM selection_runs WHERE id = ?", [run_id]).fetchone()[0] == 0:
+                con.execute("DELETE FROM walk_events WHERE run_id = ?", [run_id])
+
     def save_selection(self, project: str, method: str, params: dict, feature_key: str, budget: int,
                        rows: Sequence[tuple[int, str, float, str]], notes: Sequence[str], seconds: float,
-                       events: Sequence[dict] | None = None) -> str:
+                       events: Sequence[dict] | None = None, run_id: str | None = None,
+                       events_start: int = 0) -> str:
         """Store one selection run: its parameters, its ranked rows (pool index, row id, score, reason) and, for
-        G2IS, the walk's events in order (each a dict with ``kind``, ``component``, ``row``, ``verdict``)."""
-        run_id = f"{method}-{uuid.uuid4().hex[:10]}"
+        G2IS, the walk's events in order (each a dict with ``kind``, ``component``, ``row``, ``verdict``).
+
+        This commits the run's ``selection_runs`` row, which is what lists it: with ``run_id`` (from
+        ``new_run_id``) it finishes a run whose first ``events_start`` events ``append_walk_events`` already
+        wrote, and ``events`` are the rest (steps from ``events_start``)."""
+        run_id = run_id or self.new_run_id(method)
+        staged_events = self._staged_events(events, events_start) if events else None
         with self._transaction() as con:
             con.execute("INSERT INTO selection_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [run_id, project, method, json.dumps(params, sort_keys=True), feature_key, budget, len(rows),
@@ -88,15 +137,8 @@ class RunTables(Connection):
                 }))
                 con.execute("INSERT INTO selection_rows SELECT ?, rank, pool_index, row_id, score, reason "
                             "FROM staged_selection", [run_id])
-            if events:
-                con.register("staged_events", pa.table({
-                    "step": pa.array(range(len(events)), pa.int32()),
-                    "kind": [e.get("kind") for e in events],
-                    "component": pa.array([e.get("component") for e in events], pa.int32()),
-                    "pool_index": pa.array([e.get("row") for e in events], pa.int32()),
-                    "verdict": [e.get("verdict") for e in events],
-                    "payload": [json.dumps(e) for e in events],
-                }))
+            if staged_events is not None:
+                con.register("staged_events", staged_events)
                 con.execute("INSERT INTO walk_events SELECT ?, step, kind, component, pool_index, verdict, payload "
                             "FROM staged_events", [run_id])
         return run_id

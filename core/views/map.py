@@ -198,7 +198,6 @@ def compute_map(store: Store, project: str, space: str = "gradient", seed: int =
     if space == "gradient":
         matrix = _gradient_matrix(store, project, index)
     else:
-
         matrix = embed_texts(texts)
     layout, method, note = reduce_to_2d(matrix, seed)
     del matrix
