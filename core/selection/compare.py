@@ -40,16 +40,6 @@ METHOD_TITLES = {
 NO_SOURCE = "(no source)"
 UNIQUE_ROWS_LISTED = 200  # per run: enough to read, little enough to send to the browser
 
-# Where each method keeps its defaults: (module, name) of a parameter dataclass or a dict of defaults.  Read lazily,
-# like ``METHODS``, so that planning a comparison imports neither faiss nor sentence-transformers.
-_DEFAULTS_OF: dict[str, tuple[str, str]] = {
-    "g2is": ("core.selection.g2is", "G2ISParams"),
-    "less": ("core.selection.less", "DEFAULTS"),
-    "tsds-uniform": ("core.selection.tsds", "UNIFORM_DEFAULTS"),
-    "tsds-kde": ("core.selection.tsds", "KDE_DEFAULTS"),
-    "random": ("core.selection.baselines", "RANDOM_DEFAULTS"),
-    "embedding": ("core.selection.baselines", "EMBEDDING_DEFAULTS"),
-}
 # Keys a stored run's params may hold that say how the run was *recorded or sized*, not what it selects: the
 # fraction asked for (the budget itself is matched separately) and whether G2IS kept its rejected candidates as
 # events.  They are never compared.
@@ -72,9 +62,9 @@ def default_params(method: str, index: FeatureIndex | None = None) -> dict:
     does: LESS's ``checkpoint_weights`` become the features' learning-rate weights.  (G2IS's graph ``k`` is
     ``run_selection``'s ``DEFAULT_K``, which is ``G2ISParams.k``.)"""
     method = METHOD_ALIASES.get(method, method)
-    if method not in _DEFAULTS_OF:
+    if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose from {', '.join(METHODS)}")
-    module, name = _DEFAULTS_OF[method]
+    module, _, name = METHODS[method]  # imported lazily, so planning imports neither faiss nor sentence-transformers
     source = getattr(importlib.import_module(module), name)
     defaults = {f.name: f.default for f in fields(source)} if is_dataclass(source) else dict(source)
     if method == "less" and index is not None and defaults.get("checkpoint_weights") is None:

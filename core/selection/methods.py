@@ -43,14 +43,15 @@ class SelectionResult:
         return asdict(self)
 
 
-# method name -> (module, function); each function has the signature of ``select`` minus ``method``.
-METHODS: dict[str, tuple[str, str]] = {
-    "g2is": ("core.selection.g2is", "select_g2is"),
-    "less": ("core.selection.less", "select_less"),
-    "tsds-uniform": ("core.selection.tsds", "select_tsds_uniform"),
-    "tsds-kde": ("core.selection.tsds", "select_tsds_kde"),
-    "random": ("core.selection.baselines", "select_random"),
-    "embedding": ("core.selection.baselines", "select_embedding"),
+# method name -> (module, function, defaults): the function has the signature of ``select`` minus ``method``; the
+# defaults are the module's parameter dataclass or dict of defaults (``core.selection.compare.default_params``).
+METHODS: dict[str, tuple[str, str, str]] = {
+    "g2is": ("core.selection.g2is", "select_g2is", "G2ISParams"),
+    "less": ("core.selection.less", "select_less", "DEFAULTS"),
+    "tsds-uniform": ("core.selection.tsds", "select_tsds_uniform", "UNIFORM_DEFAULTS"),
+    "tsds-kde": ("core.selection.tsds", "select_tsds_kde", "KDE_DEFAULTS"),
+    "random": ("core.selection.baselines", "select_random", "RANDOM_DEFAULTS"),
+    "embedding": ("core.selection.baselines", "select_embedding", "EMBEDDING_DEFAULTS"),
 }
 
 
@@ -154,7 +155,7 @@ def select(
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {sorted(METHODS)}")
-    module_name, function_name = METHODS[method]
+    module_name, function_name, _ = METHODS[method]
     function = getattr(importlib.import_module(module_name), function_name)
     return function(pool_features, target_features, budget, params, **context)
 
