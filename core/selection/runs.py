@@ -112,7 +112,11 @@ def feature_index(store: Store, project: str, allow_partial: bool = False) -> Fe
     if plan.missing_checkpoints or not all(store.finished_hashes(c.key) for c in plan.configs):
         raise FeaturesMissing(f"project {project!r} has no features for its current settings yet: "
                               f"{_finish_hint(store, project)}")
-    missing = {role: {row.content_hash for c in plan.configs if c.role == role for row in plan.missing[c.key]}
+    # Rows in a damaged chunk file are not "still to compute" here: loading them reports the damage itself
+    # (DamagedChunkError, which says that only that chunk is recomputed).
+    damaged = {c.key: store.damaged_hashes(c.key) for c in plan.configs if plan.missing[c.key]}
+    missing = {role: {row.content_hash for c in plan.configs if c.role == role
+                      for row in plan.missing[c.key] if row.content_hash not in damaged[c.key]}
                for role in ("pool", "targets")}
     unfinished = {role: sum(row.content_hash in missing[role] for row in plan.rows[role]) for role in missing}
     if any(unfinished.values()) and not allow_partial:

@@ -75,6 +75,14 @@ class FeatureTables(Connection):
         damaged = {chunk for chunk, path, n_rows in chunks if chunk_problem(Path(path), n_rows)}
         return {h for h, chunk in features if chunk not in damaged} | {h for (h,) in errors}
 
+    def damaged_hashes(self, config_key: str) -> set[str]:
+        """Content hashes whose feature lies in a damaged, truncated or missing chunk file of this config."""
+        with self._connect() as con:
+            features = con.execute("SELECT content_hash, chunk FROM features WHERE config_key = ?", [config_key]).fetchall()
+            chunks = con.execute("SELECT chunk, path, n_rows FROM feature_chunks WHERE config_key = ?", [config_key]).fetchall()
+        damaged = {chunk for chunk, path, n_rows in chunks if chunk_problem(Path(path), n_rows)}
+        return {h for h, chunk in features if chunk in damaged}
+
     def drop_damaged_chunks(self, config_key: str) -> int:
         """Forget (and delete) this config's chunk files that are damaged, truncated or missing, so that their
         rows are computed again; returns how many rows were dropped."""
