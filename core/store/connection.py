@@ -53,6 +53,8 @@ import numpy as np
 
 from core.config import cache_dir
 
+DatabaseError = duckdb.Error  # what the table modules catch: only this module imports duckdb
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
     name VARCHAR PRIMARY KEY, created TIMESTAMP, settings VARCHAR);

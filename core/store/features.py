@@ -65,22 +65,24 @@ class FeatureTables(Connection):
     def feature_dir(self, config_key: str) -> Path:
         return self.root / "features" / config_key
 
+    def _feature_chunks(self, config_key: str) -> tuple[list[tuple], set[str]]:
+        """This config's (content hash, chunk) rows and the chunks whose file is damaged, truncated or missing."""
+        with self._connect() as con:
+            features = con.execute("SELECT content_hash, chunk FROM features WHERE config_key = ?", [config_key]).fetchall()
+            chunks = con.execute("SELECT chunk, path, n_rows FROM feature_chunks WHERE config_key = ?", [config_key]).fetchall()
+        return features, {chunk for chunk, path, n_rows in chunks if chunk_problem(Path(path), n_rows)}
+
     def finished_hashes(self, config_key: str) -> set[str]:
         """Content hashes that already have a feature or a recorded error under this config.  Rows whose chunk
         file is damaged or missing do not count: planning sees them as missing, so the next run recomputes them."""
+        features, damaged = self._feature_chunks(config_key)
         with self._connect() as con:
-            features = con.execute("SELECT content_hash, chunk FROM features WHERE config_key = ?", [config_key]).fetchall()
             errors = con.execute("SELECT content_hash FROM feature_errors WHERE config_key = ?", [config_key]).fetchall()
-            chunks = con.execute("SELECT chunk, path, n_rows FROM feature_chunks WHERE config_key = ?", [config_key]).fetchall()
-        damaged = {chunk for chunk, path, n_rows in chunks if chunk_problem(Path(path), n_rows)}
         return {h for h, chunk in features if chunk not in damaged} | {h for (h,) in errors}
 
     def damaged_hashes(self, config_key: str) -> set[str]:
         """Content hashes whose feature lies in a damaged, truncated or missing chunk file of this config."""
-        with self._connect() as con:
-            features = con.execute("SELECT content_hash, chunk FROM features WHERE config_key = ?", [config_key]).fetchall()
-            chunks = con.execute("SELECT chunk, path, n_rows FROM feature_chunks WHERE config_key = ?", [config_key]).fetchall()
-        damaged = {chunk for chunk, path, n_rows in chunks if chunk_problem(Path(path), n_rows)}
+        features, damaged = self._feature_chunks(config_key)
         return {h for h, chunk in features if chunk in damaged}
 
     def drop_damaged_chunks(self, config_key: str) -> int:

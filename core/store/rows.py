@@ -8,10 +8,17 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 
-from core.store.connection import INGEST_MEMORY_LIMIT, ROLES, Connection, StoreError, cache_problem, now
+from core.store.connection import (
+    INGEST_MEMORY_LIMIT,
+    ROLES,
+    Connection,
+    DatabaseError,
+    StoreError,
+    cache_problem,
+    now,
+)
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ class RowTables(Connection):
                     [project, role, str(staged)],
                 )
             finally:
-                with suppress(duckdb.Error):  # after a failed insert the transaction refuses it; the error that matters propagates
+                with suppress(DatabaseError):  # after a failed insert the transaction refuses it; the error that matters propagates
                     con.execute("RESET memory_limit")
             stamp = now()
             for info in files:

@@ -40,17 +40,17 @@ class RunTables(Connection):
 
     def graph_info(self, key: str) -> dict | None:
         with self._connect() as con:
-            row = con.execute("SELECT key, feature_key, k, k_conflict, n_rows, backend, seconds, created FROM graphs "
-                              "WHERE key = ?", [key]).fetchone()
-        names = ("key", "feature_key", "k", "k_conflict", "n_rows", "backend", "seconds", "created")
-        return dict(zip(names, row)) if row else None
+            row = con.execute(f"SELECT {', '.join(self._GRAPH_COLUMNS)} FROM graphs WHERE key = ?", [key]).fetchone()
+        return dict(zip(self._GRAPH_COLUMNS, row)) if row else None
+
+    _GRAPH_COLUMNS = ("key", "feature_key", "k", "k_conflict", "n_rows", "backend", "seconds", "created")
 
     def graphs(self, feature_key: str) -> list[dict]:
         """Every stored graph of a feature set (``graph_info`` of each), newest first."""
         with self._connect() as con:
-            keys = [row[0] for row in con.execute("SELECT key FROM graphs WHERE feature_key = ? ORDER BY created DESC",
-                                                  [feature_key]).fetchall()]
-        return [info for info in map(self.graph_info, keys) if info is not None]
+            rows = con.execute(f"SELECT {', '.join(self._GRAPH_COLUMNS)} FROM graphs WHERE feature_key = ? "
+                               "ORDER BY created DESC", [feature_key]).fetchall()
+        return [dict(zip(self._GRAPH_COLUMNS, row)) for row in rows]
 
     def latest_graph(self, feature_key: str) -> dict | None:
         with self._connect() as con:
