@@ -49,7 +49,7 @@ from core.config import FeatureSettings, ProjectionArguments
 from core.data.ingest import ingest_files
 from core.features.featurize import BatchSize, plan_features, run_features
 from core.features.gradients import HookGradientComputer
-from core.store import Store
+from core.store import Store, cache_problem
 
 MAIN = str(REPO / "app" / "main.py")
 pytestmark = [pytest.mark.timeout(300)]
@@ -216,6 +216,20 @@ def fill(disk: Path) -> Path:
                 handle.flush()
     assert full.value.errno == 28  # ENOSPC
     return filler
+
+
+def test_a_short_numpy_write_on_a_full_disk_is_named_as_a_full_disk(small_disk):
+    """np.save reports a short write as a bare OSError("N requested and M written"), without an errno: the CI run
+    of the job test below once met exactly that, and the user must still read "the disk is full"."""
+    filler = fill(small_disk)
+    filler.write_bytes(b"\0" * (filler.stat().st_size - (1 << 14)))  # leave 16 KiB: the open works, the write stops short
+    target = small_disk / "chunk.partial"
+    with pytest.raises(OSError) as short:
+        with open(target, "wb") as handle:
+            np.save(handle, np.ones((256, 256), dtype=np.float32))
+            handle.flush()
+    problem = cache_problem(small_disk, target, short.value)
+    assert problem is not None and "is full" in problem, (short.value, short.value.errno)
 
 
 @pytest.mark.reliability("fault", "cache disk full during a feature job, then resume")

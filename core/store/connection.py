@@ -41,6 +41,7 @@ import errno
 import fcntl
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -154,6 +155,9 @@ class StoreError(RuntimeError):
 
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# numpy's np.save/tofile reports a short write as a bare OSError("1024 requested and 992 written") with no errno;
+# on a regular cache file a short write only happens when the disk (or the quota) is full.
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 
 
 def cache_problem(root: Path, path: Path | str, error: BaseException) -> str | None:
@@ -166,7 +170,8 @@ def cache_problem(root: Path, path: Path | str, error: BaseException) -> str | N
         return (f"the cache folder {root} is not writable by this user ({path}: "
                 f"{getattr(error, 'strerror', None) or text}): make it writable (chown/chmod) or set "
                 f"G2IS_CACHE_DIR to a writable folder")
-    if code in _FULL or "No space left on device" in text or "Disk quota exceeded" in text:
+    if (code in _FULL or "No space left on device" in text or "Disk quota exceeded" in text
+            or (code is None and _SHORT_WRITE.search(text))):
         return (f"the disk of the cache folder {root} is full (writing {path}): free some space there or set "
                 f"G2IS_CACHE_DIR to a folder on a larger disk; finished work is kept, so running the same "
                 f"command again (or Resume) continues where it stopped")
