@@ -258,8 +258,8 @@ def main() -> int:
             results = _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings)
             grads = torch.cat(computer.kept[before:]) if recording else None
             for i, (row, result) in enumerate(zip(batch, results)):
-                if isinstance(result, str):
-                    raise RuntimeError(f"ours failed on a row: {result}")
+                if not isinstance(result, np.ndarray):  # a RowFailure
+                    raise RuntimeError(f"ours failed on a row: {result.message}")
                 ours_feat[row.content_hash] = result
                 if recording:
                     ours_grad[row.content_hash] = grads[i]

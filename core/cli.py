@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import PROJECTION_KINDS, FeatureSettings
-from core.data.ingest import ingest_files
+from core.data.ingest import ingest_roles
 from core.data.projects import EDITABLE_SETTINGS, create_demo_project, edit_settings, project_settings, project_status
 from core.data.records import BadRowsError, FormatError
 from core.features.distributed import RayUnavailable, require_ray
@@ -31,6 +31,7 @@ from core.features.modeling import ModelError
 from core.jobs import (
     ACTIVE,
     cancel,
+    clear_retriable_errors,
     job_view,
     launch_features,
     request_features,
@@ -73,10 +74,15 @@ def cmd_ingest(args) -> int:
     if not args.pool and not args.targets:
         print("error: give --pool FILE... and/or --targets FILE...", file=sys.stderr)
         return 2
-    for role, paths in (("pool", args.pool), ("targets", args.targets)):
-        if not paths:
-            continue
-        result = ingest_files(store, args.project, role, paths, on_error=args.on_error, group_field=args.group_field)
+    roles = {role: paths for role, paths in (("pool", args.pool), ("targets", args.targets)) if paths}
+    existed = args.project in store.projects()
+    try:  # every file of every role, or none: a rejected file leaves the project as it was
+        results = ingest_roles(store, args.project, roles, on_error=args.on_error, group_field=args.group_field)
+    except (BadRowsError, FormatError) as error:
+        kept = f"project {args.project!r} is unchanged" if existed else f"project {args.project!r} was not created"
+        print(f"error: {error}\nnothing was ingested: {kept}", file=sys.stderr)
+        return 1
+    for role, result in results.items():
         for report in result.reports:
             print(f"{role}: {report.file}: {report.rows} rows ({report.format}), {len(report.errors)} skipped")
         for error in result.errors[:20]:
@@ -148,6 +154,9 @@ def cmd_features(args) -> int:
             return 1
     settings = _settings_from_args(store, args)
     request = request_features(store, args.project, settings, args.limit)
+    if args.retry_errors:
+        cleared, request = clear_retriable_errors(store, request)
+        print(f"retrying {cleared} row(s) that failed with retriable errors")
     if request.cached:
         plan = request.plan
         print(f"features cached: {len(plan.rows['pool'])} pool rows and {len(plan.rows['targets'])} target rows "
@@ -382,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-dtype", choices=("float32", "float16"))
     p.add_argument("--precision", choices=("float32", "bf16"),
                    help="bf16: the batched CUDA path under bf16 autocast (the CPU loop always runs in float32)")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="compute again the rows that failed with retriable errors (out of memory, ...) under the "
+                        "current settings; rows too long for --max-tokens keep their error")
     p.add_argument("--detach", action="store_true", help="start the background job and return")
     p.add_argument("--inline", action="store_true", help="compute in this process instead of a background worker")
     p.add_argument("--ray", metavar="ADDRESS", help="compute on a Ray cluster (HOST:PORT, auto, ray://HOST:10001, or "

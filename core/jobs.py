@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -112,6 +113,9 @@ def spawn_worker(store: Store, job_id: str) -> int:
             env=env,
             start_new_session=True,
         )
+    # The worker outlives nothing of ours, but until its parent waits for it an exited worker stays a zombie (a
+    # long-running app server would collect one per job): a daemon thread reaps it as soon as it exits.
+    threading.Thread(target=process.wait, name=f"reap-{job_id}", daemon=True).start()
     store.update_job(job_id, pid=process.pid)
     return process.pid
 
@@ -163,6 +167,22 @@ def request_features(store: Store, project: str, settings: FeatureSettings, limi
     if plan.complete:
         return FeatureRequest(plan, None, None, limit)
     return FeatureRequest(plan, estimate_cost(store, plan, tokenizer), find_resumable(store, project, settings, limit), limit)
+
+
+def retriable_errors(store: Store, plan: FeaturePlan) -> int:
+    """How many of the plan's rows have a retriable error under its feature configs (what a retry computes)."""
+    return store.retriable_error_count(plan.project, [config.key for config in plan.configs])
+
+
+def clear_retriable_errors(store: Store, request: FeatureRequest) -> tuple[int, FeatureRequest]:
+    """Forget the retriable errors of the request's rows under its feature configs, so that the next job computes
+    those rows again (on a bigger GPU, the CPU...); permanent errors stay.  Returns how many were cleared and the
+    request planned anew (the same one when nothing was cleared)."""
+    plan = request.plan
+    cleared = store.clear_retriable_errors(plan.project, [config.key for config in plan.configs])
+    if cleared:
+        request = request_features(store, plan.project, plan.settings, request.limit)
+    return cleared, request
 
 
 def launch_features(store: Store, request: FeatureRequest) -> tuple[str, str]:

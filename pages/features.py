@@ -127,6 +127,14 @@ else:
             job_id, how = jobs.launch_features(store, request)
             st.toast(f"{how.capitalize()} job {job_id}")
             st.rerun()
+    failed = jobs.retriable_errors(store, request.plan) if request is not None else 0
+    if failed and st.button(f"Retry {failed} failed rows",
+                            help="These rows failed for a reason other than the input itself (out of memory, ...): "
+                                 "forget their errors and compute them again; rows too long for max tokens stay"):
+        _, request = jobs.clear_retriable_errors(store, request)
+        job_id, how = jobs.launch_features(store, request)
+        st.toast(f"{how.capitalize()} job {job_id} to retry {failed} failed rows")
+        st.rerun()
 
 if status["features"]:
     st.subheader("Feature sets")

@@ -3,9 +3,11 @@ a model that does not load, a tokenizer without a chat template, CUDA out of mem
 while a job runs (with and without its worker), and two sessions reading while a job writes.
 
 How the faults are made real:
-* read-only: tests run as root, for whom permission bits do not stop writes, so the check runs in a subprocess
-  that drops to user ``nobody`` with ``os.setuid`` (after importing what it needs: the interpreter's own files
-  live under /root, which nobody may not read); run as an ordinary user, ``chmod`` alone is enough.  A cache
+* read-only: tests run as root, and permission bits do not stop root's writes. So the check runs in a subprocess
+  that drops to user ``nobody`` with ``conftest.BECOME_NOBODY``, after importing what it needs. The interpreter
+  lives under /root, and the venv and ``core`` may sit in a checkout that nobody cannot read. The app's scripts
+  are given to nobody as a readable copy. The test skips, naming the path, if nobody still cannot read what it
+  needs (``conftest.skip_unless_nobody_can_read``). Run as an ordinary user, ``chmod`` alone is enough. A cache
   path that is a regular file is tried too (the same in any environment, and also in the app).
 * full: a real ``ENOSPC`` from a 48 MiB tmpfs mounted for the test and filled with a file (needs root with
   CAP_SYS_ADMIN; the test skips, saying so, where mounting is not allowed).
@@ -32,10 +34,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    BECOME_NOBODY,
     REPO,
     build_tiny_model,
     chat_rows,
     make_project,
+    skip_unless_nobody_can_read,
     subprocess_env,
     tiny_settings,
     wait_for,
@@ -68,13 +72,10 @@ def app_messages(app: AppTest) -> str:
 
 AS_UNPRIVILEGED = r"""
 import os, pwd, sys
-# Import first: after dropping root, the interpreter's own library (under /root) is unreadable to nobody.
+# Import first. After the drop to nobody, the interpreter's library (under /root) may be unreadable, and so may
+# the venv and `core` (a 0700 clone).
 import core.cli, core.selection.export, core.data.records, core.data.readers, core.data.ingest, core.jobs, core.features.modeling, core.data.projects  # noqa: E401
-if os.geteuid() == 0:
-    user = pwd.getpwnam("nobody")
-    os.setgroups([])
-    os.setgid(user.pw_gid)
-    os.setuid(user.pw_uid)
+""" + BECOME_NOBODY + r"""
 assert os.geteuid() != 0
 probe = os.path.join(os.environ["G2IS_CACHE_DIR"], "probe")
 try:  # the folder really is read-only for this process
@@ -101,6 +102,16 @@ def shared_folder():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def readable_copy_of_the_app(folder: Path) -> Path:
+    """Copy app/ and pages/ into ``folder``, readable by every user, and return the copy of app/main.py. The copy
+    keeps the layout, because main.py finds pages/ beside app/."""
+    for part in ("app", "pages"):
+        shutil.copytree(REPO / part, folder / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder / "app" / "main.py"
+
+
 def make_read_only(folder: Path) -> None:
     """0555 for the cache folder: as root that stops nobody-but-root, so the check runs as ``nobody``; as an
     ordinary user it stops the user."""
@@ -116,6 +127,7 @@ def test_read_only_cache_gives_a_clear_message_from_the_cli(shared_folder, obser
     pool.chmod(0o644)
     ingest_files(store, "p", "pool", [pool])
     make_read_only(root)
+    skip_unless_nobody_can_read(root, pool)
     for args in (["status", "--project", "p"], ["ingest", "--project", "p", "--pool", str(pool)]):
         run = subprocess.run([sys.executable, "-c", AS_UNPRIVILEGED, str(REPO), *args], capture_output=True,
                              text=True, env=subprocess_env(root), timeout=120)
@@ -136,11 +148,7 @@ from streamlit.testing.v1 import AppTest
 os.environ["G2IS_CACHE_DIR"] = sys.argv[3]
 AppTest.from_file(sys.argv[2], default_timeout=60).run()
 os.environ["G2IS_CACHE_DIR"] = sys.argv[4]
-if os.geteuid() == 0:
-    user = pwd.getpwnam("nobody")
-    os.setgroups([])
-    os.setgid(user.pw_gid)
-    os.setuid(user.pw_uid)
+""" + BECOME_NOBODY + r"""
 app = AppTest.from_file(sys.argv[2], default_timeout=60)
 app.run()
 print("EXCEPTIONS", len(app.exception))
@@ -154,9 +162,16 @@ def test_read_only_cache_gives_a_clear_message_in_the_app(shared_folder, observe
     writable, read_only = shared_folder / "warm", shared_folder / "cache"
     Store(read_only)
     make_read_only(read_only)
-    env = dict(subprocess_env(read_only), HOME=str(shared_folder))  # streamlit may look for ~/.streamlit
-    run = subprocess.run([sys.executable, "-c", APP_AS_UNPRIVILEGED, str(REPO), MAIN, str(writable), str(read_only)],
-                         capture_output=True, text=True, env=env, timeout=240, cwd=str(shared_folder))
+    # Streamlit reads the script as nobody, and the checkout may be where nobody cannot read (a 0700 clone).
+    # So nobody gets a readable copy of app/ and pages/. The modules are already imported from the checkout by
+    # the first run, as root.
+    script = readable_copy_of_the_app(shared_folder / "checkout")
+    temp = shared_folder / "tmp"  # AppTest's own temp folder, made as root and left behind by nobody: removed with ours
+    temp.mkdir()
+    skip_unless_nobody_can_read(read_only, script)
+    env = dict(subprocess_env(read_only), HOME=str(shared_folder), TMPDIR=str(temp))  # ~/.streamlit is looked for
+    run = subprocess.run([sys.executable, "-c", APP_AS_UNPRIVILEGED, str(REPO), str(script), str(writable),
+                          str(read_only)], capture_output=True, text=True, env=env, timeout=240, cwd=str(shared_folder))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "EXCEPTIONS 0" in run.stdout, run.stdout
     errors = [shown(line.removeprefix("ERROR ")) for line in run.stdout.splitlines() if line.startswith("ERROR ")]
@@ -497,7 +512,8 @@ def test_out_of_memory_for_a_single_example_is_that_rows_error(tiny_model_dir):
     encoded = {r.content_hash: EncodedRow((1, 2, 3), (False, True, True), 3) for r in rows}
     size = BatchSize(4, log=lambda _: None)
     out = _features_for(rows, encoded, AlwaysOutOfMemory(), None, None, None, tiny_settings(tiny_model_dir), size)
-    assert out == ["out of GPU memory even for a single example (3 tokens): lower --max-tokens"] * 4
+    assert [r.message for r in out] == ["out of GPU memory even for a single example (3 tokens): lower --max-tokens"] * 4
+    assert all("OutOfMemoryError" in r.traceback for r in out)
     assert size.tokens == 3 and not size.fits(2, 3)  # one 3-token row per batch from now on
 
 
@@ -537,7 +553,7 @@ def test_real_cuda_out_of_memory_halves_the_batch(tiny_model_dir, observed):
         out = _features_for(rows, encoded, computer, projector, None, None, settings, size)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
-    assert all(not isinstance(result, str) for result in out), [r for r in out if isinstance(r, str)][:2]
+    assert all(isinstance(result, np.ndarray) for result in out), [r for r in out if not isinstance(r, np.ndarray)][:2]
     assert size.tokens is not None and lines, lines
     assert np.allclose(out[0], single[0], rtol=1e-3, atol=1e-5)
     observed.append(f"per-example peak {per_example / 2**20:.1f} MiB; " + "; ".join(lines))

@@ -15,7 +15,7 @@ from conftest import REPO, chat_rows, make_project, subprocess_env, tiny_setting
 
 from core import jobs
 from core.cli import main
-from core.config import FeatureSettings, ProjectionArguments
+from core.config import FeatureSettings, ProjectionArguments, WarmupArguments
 from core.features.featurize import plan_features, run_features
 from core.store import Store
 
@@ -74,6 +74,19 @@ def test_features_are_reproducible_and_shared_across_limits(tmp_path, cache, tin
     assert np.array_equal(first, second)  # same inputs, same seed: bit-identical features
 
 
+def test_a_warmup_of_zero_epochs_gives_finite_sign_like_pool_features(tmp_path, cache, tiny_model_dir):
+    """epochs=0: the pool's Adam-aware features come from AdamW's zero moments (one step's m'/sqrt(v'), a
+    sign-like gradient), which used to fail saving the checkpoint (one zeros tensor shared by both moments)."""
+    store = Store()
+    make_project(tmp_path, store, n_pool=8)
+    settings = tiny_settings(tiny_model_dir, warmup=WarmupArguments(fraction=0.1, epochs=0))
+    run_features(store, "p", settings, log=lambda _: None)
+    plan = plan_features(store, "p", settings)
+    assert plan.complete and [c.epoch for c in plan.checkpoints] == [0]
+    _, pool, norms = store.feature_matrix("p", "pool", plan.config_for("pool").key)
+    assert pool.shape == (8, 256) and np.isfinite(pool).all() and (norms > 0).all()
+
+
 def test_feature_keys_follow_what_changes_the_numbers(tmp_path, cache, tiny_model_dir, monkeypatch):
     """Same settings, same keys (the cache is found again); bf16 precision or a bumped FEATURE_CODE_VERSION give
     other keys, so features computed otherwise are never mistaken for these; batch size does not change them."""
@@ -121,6 +134,26 @@ def test_kronecker_projection_job_from_the_cli(tmp_path, cache, tiny_model_dir, 
     with pytest.raises(SystemExit):
         main(args[:-2] + ["--proj-kind", "logra"])
     assert "invalid choice: 'logra'" in capsys.readouterr().err
+
+
+@pytest.mark.reliability("fault", "finished background workers are reaped, not left as zombies of the app server")
+def test_a_finished_worker_is_reaped_not_left_a_zombie(tmp_path, cache, tiny_model_dir, observed):
+    store = Store()
+    store.ensure_project("empty", tiny_settings(tiny_model_dir).to_dict())  # no rows: the worker fails at once
+    job_id = jobs.start_features_job(store, "empty", tiny_settings(tiny_model_dir))
+    final = jobs.wait(store, job_id, timeout=120)
+    assert final.status == "failed" and "has no pool rows" in final.job.message, final
+    pid = store.job(job_id).pid
+    stat = Path(f"/proc/{pid}/stat")
+
+    def state() -> str | None:  # the process state letter (Z: a zombie), None once it is gone
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+
+    wait_for(lambda: state() is None, timeout=30, what=f"worker {pid} to be reaped (an exited child stays a zombie until its parent waits)")
+    observed.append(f"worker {pid} of a failed job: gone from the process table once it exited")
 
 
 def test_background_worker_and_bad_rows_are_recorded(tmp_path, cache, tiny_model_dir):

@@ -63,6 +63,12 @@ def test_migrations_cover_every_version():
 def test_v1_cache_is_migrated_once_and_keeps_its_rows(tmp_path, monkeypatch, observed):
     root = v1_cache(tmp_path / "cache")
     assert recorded_version(root) is None  # the fixture really is a pre-version catalogue
+    con = duckdb.connect(str(root / "g2is.duckdb"))
+    try:  # a row error as the old code wrote it: no kind (schema 3 counts it as retriable)
+        con.execute("INSERT INTO feature_errors SELECT 'cfg', content_hash, 'out of memory' FROM rows "
+                    "WHERE project = 'demo' AND row_id = 'row-1'")
+    finally:
+        con.close()
 
     calls = []
 
@@ -82,6 +88,7 @@ def test_v1_cache_is_migrated_once_and_keeps_its_rows(tmp_path, monkeypatch, obs
     assert [row.row_id for row in store.rows("demo", "pool")] == [f"row-{i}" for i in range(5)]
     assert [row.row_id for row in store.rows("demo", "targets")] == ["t-0", "t-1"]
     assert store.rows("demo", "pool")[0].messages[0]["content"] == "question 0"
+    assert store.retriable_error_count("demo", ["cfg"]) == 1
     observed.append(f"v1 catalogue migrated to schema {SCHEMA_VERSION}; {store.row_counts('demo')} rows readable")
 
     again = Store(root)  # opening again finds the current version: no second migration

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ from core.features.modeling import (
 )
 from core.features.projection import Projector, make_projector
 from core.store import FeatureRowEntry, RowKey, Store, StoredRow
+from core.store.features import PERMANENT, RETRIABLE
 
 GRADIENT_TYPES = {"pool": "adam", "targets": "sgd"}
 # Bump when a code change alters the numbers of features with unchanged settings (a loss or gradient fix): every
@@ -201,6 +203,22 @@ class Cancelled(Exception):
     pass
 
 
+ERROR_RATE_LIMIT = 0.2  # a chunk with more than this fraction of rows failing with retriable errors stops the job
+ERROR_RATE_MIN_ROWS = 5  # ... when at least this many of its rows failed
+
+
+class ErrorRateExceeded(RuntimeError):
+    """Too many rows of one chunk failed with retriable errors: something is wrong with the run, not the rows."""
+
+
+@dataclass
+class RowFailure:
+    """Why one row's gradient could not be computed (a retriable error), with the traceback when there was one."""
+
+    message: str
+    traceback: str = ""
+
+
 @dataclass
 class FeatureChunk:
     """One chunk of a feature config's rows, computed but not yet stored: what ``Store.write_chunk`` takes.
@@ -210,7 +228,7 @@ class FeatureChunk:
 
     matrix: np.ndarray  # [len(entries), projection dim] float32
     entries: list[FeatureRowEntry]
-    errors: list[tuple[str, str]]  # (content hash, why the row has no feature)
+    errors: list[tuple[str, str, str]]  # (content hash, why the row has no feature, PERMANENT or RETRIABLE)
 
     @property
     def rows(self) -> int:
@@ -433,10 +451,12 @@ class FeatureEngine:
         order = sorted(todo, key=lambda r: encoded[r.content_hash].n_tokens) if self.size.value > 1 else todo
         features: list[np.ndarray] = []
         entries: list[FeatureRowEntry] = []
-        errors: list[tuple[str, str]] = []
+        errors: list[tuple[str, str, str]] = []
+        first_traceback: list[str] = []  # of the chunk's first retriable error
         chunk_started = time.monotonic()
 
         def chunk() -> FeatureChunk:
+            _check_error_rate(entries, errors, first_traceback)
             matrix = np.stack(features) if features else np.zeros((0, settings.projection.dim), np.float32)
             return FeatureChunk(matrix, entries, errors)
 
@@ -448,7 +468,7 @@ class FeatureEngine:
                 row = order[position]
                 enc = encoded[row.content_hash]
                 if enc.error:
-                    errors.append((row.content_hash, enc.error))
+                    errors.append((row.content_hash, enc.error, PERMANENT))
                     position += 1
                     continue
                 if batch and not self.size.fits(len(batch) + 1, max(longest, enc.n_tokens)):
@@ -460,8 +480,10 @@ class FeatureEngine:
                 results = _features_for(batch, encoded, self.computer, self.projector, self.exp_avg, self.exp_avg_sq,
                                         settings, self.size)
                 for row, result in zip(batch, results):
-                    if isinstance(result, str):
-                        errors.append((row.content_hash, result))
+                    if isinstance(result, RowFailure):
+                        if not first_traceback:
+                            first_traceback.append(result.traceback or result.message)
+                        errors.append((row.content_hash, result.message, RETRIABLE))
                         continue
                     enc = encoded[row.content_hash]
                     entries.append(FeatureRowEntry(row.content_hash, len(features), float(np.linalg.norm(result)), enc.n_tokens, enc.truncated))
@@ -469,13 +491,26 @@ class FeatureEngine:
             if len(entries) + len(errors) >= settings.chunk_rows or time.monotonic() - chunk_started >= settings.chunk_seconds:
                 yield chunk()
                 features, entries, errors = [], [], []
+                first_traceback.clear()
                 chunk_started = time.monotonic()
         if entries or errors:
             yield chunk()
 
 
+def _check_error_rate(entries: Sequence, errors: Sequence[tuple[str, str, str]], first_traceback: Sequence[str]) -> None:
+    """Raise ``ErrorRateExceeded`` when more than ``ERROR_RATE_LIMIT`` of a chunk's rows (and at least
+    ``ERROR_RATE_MIN_ROWS``) failed with retriable errors, instead of filling the cache with errors."""
+    rows = len(entries) + len(errors)
+    failed = [e for e in errors if e[2] == RETRIABLE]
+    if len(failed) >= ERROR_RATE_MIN_ROWS and len(failed) > ERROR_RATE_LIMIT * rows:
+        first = first_traceback[0] if first_traceback else failed[0][1]
+        raise ErrorRateExceeded(
+            f"{len(failed)} of {rows} rows of a chunk failed (more than {ERROR_RATE_LIMIT:.0%}): the job stops "
+            f"rather than record them as errors; the first error: {failed[0][1]}\n{first}")
+
+
 def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, settings, size: BatchSize | None = None) -> list:
-    """Projected features of a batch; an error string in place of a row whose gradient could not be computed.
+    """Projected features of a batch; a ``RowFailure`` in place of a row whose gradient could not be computed.
 
     A CUDA out-of-memory error halves ``size`` (for this batch and every later one) and goes on in smaller
     batches; a single example that still does not fit is recorded as that row's error."""
@@ -485,14 +520,16 @@ def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, sett
         projected = project_features(computer, rows, projector, exp_avg, exp_avg_sq, settings.adam_eps).cpu().numpy()
     except torch.cuda.OutOfMemoryError:  # (a RuntimeError: caught first) retried below, once the frames are gone
         projected = None
+        oom_traceback = traceback.format_exc() if len(batch) == 1 else ""
     except (RuntimeError, ValueError) as error:
         if len(batch) > 1:  # find the culprit row by row rather than failing the whole batch
             return [r for row in batch for r in _features_for([row], encoded, computer, projector, exp_avg, exp_avg_sq, settings, size)]
-        return [f"gradient failed: {error}"]
+        return [RowFailure(f"gradient failed: {error}", traceback.format_exc())]
     if projected is None:
         torch.cuda.empty_cache()  # the failed batch's tensors are free now that the exception is gone
         if len(batch) == 1:
-            return [f"out of GPU memory even for a single example ({rows[0].n_tokens} tokens): lower --max-tokens"]
+            return [RowFailure(f"out of GPU memory even for a single example ({rows[0].n_tokens} tokens): lower "
+                               "--max-tokens", oom_traceback)]
         size.halve(len(batch), max(row.n_tokens for row in rows))
         out, start = [], 0
         while start < len(batch):  # the cap may shrink again inside
@@ -509,7 +546,7 @@ def _features_for(batch, encoded, computer, projector, exp_avg, exp_avg_sq, sett
         return out
     out = []
     for vector in projected:
-        out.append(vector if np.isfinite(vector).all() else "non-finite gradient (loss overflow)")
+        out.append(vector if np.isfinite(vector).all() else RowFailure("non-finite gradient (loss overflow)"))
     return out
 
 

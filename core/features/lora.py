@@ -122,9 +122,10 @@ def save_checkpoint(folder: Path, model, optimizer: torch.optim.Optimizer, meta:
     moments = {}
     for name, param in params:
         state = optimizer.state.get(param, {})
-        zeros = torch.zeros_like(param, device="cpu")
-        moments[f"{name}::exp_avg"] = state.get("exp_avg", zeros).detach().cpu().contiguous()
-        moments[f"{name}::exp_avg_sq"] = state.get("exp_avg_sq", zeros).detach().cpu().contiguous()
+        for moment in ("exp_avg", "exp_avg_sq"):  # (zero moments before any step: each its own tensor, as
+            # safetensors refuses tensors that share memory -- a 0-epoch warmup hit that)
+            value = state[moment] if moment in state else torch.zeros_like(param, device="cpu")
+            moments[f"{name}::{moment}"] = value.detach().cpu().contiguous()
     save_file(moments, str(folder / "optimizer.safetensors"))
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 

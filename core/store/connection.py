@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS features (
     config_key VARCHAR, content_hash VARCHAR, chunk VARCHAR, chunk_offset INTEGER, norm FLOAT,
     n_tokens INTEGER, truncated BOOLEAN);
 CREATE TABLE IF NOT EXISTS feature_errors (
-    config_key VARCHAR, content_hash VARCHAR, error VARCHAR);
+    config_key VARCHAR, content_hash VARCHAR, error VARCHAR, kind VARCHAR);
 CREATE TABLE IF NOT EXISTS jobs (
     id VARCHAR PRIMARY KEY, project VARCHAR, kind VARCHAR, params VARCHAR, status VARCHAR, phase VARCHAR,
     done BIGINT, total BIGINT, errors BIGINT, rate DOUBLE, message VARCHAR, pid INTEGER,
@@ -109,9 +109,10 @@ CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
 """The current schema (version ``SCHEMA_VERSION``), which a fresh catalogue gets.  Changing it means: bump
 ``SCHEMA_VERSION`` and append the migration from the previous version to ``MIGRATIONS``."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this code writes and reads.  1: the catalogue before versions were recorded (no
-``schema_info`` table); 2: ``schema_info`` added, the tables otherwise as in 1."""
+``schema_info`` table); 2: ``schema_info`` added, the tables otherwise as in 1; 3: ``feature_errors.kind``
+('permanent' or 'retriable'; NULL, an error recorded before 3, counts as retriable)."""
 
 
 def _add_schema_info(con: duckdb.DuckDBPyConnection) -> None:
@@ -120,6 +121,8 @@ def _add_schema_info(con: duckdb.DuckDBPyConnection) -> None:
 
 MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None] | str], ...] = (
     (1, "record the schema version (table schema_info)", _add_schema_info),
+    (2, "feature errors keep their kind (column feature_errors.kind)",
+     "ALTER TABLE IF EXISTS feature_errors ADD COLUMN IF NOT EXISTS kind VARCHAR"),
 )
 """The ordered migrations, one per version: ``(from_version, what it does, step)`` brings a catalogue from
 ``from_version`` to ``from_version + 1``; ``step`` is a function of the open connection or one SQL text (any

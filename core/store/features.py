@@ -14,6 +14,9 @@ import pyarrow as pa
 
 from core.store.connection import Connection, DamagedChunkError, StoreError, cache_problem, chunk_problem, now
 
+PERMANENT = "permanent"  # a row error caused by the input itself (too long, truncated away): retrying cannot help
+RETRIABLE = "retriable"  # a runtime failure (out of memory, ...); NULL (a cache before schema 3) counts as this
+
 
 @dataclass(frozen=True)
 class FeatureRowEntry:
@@ -111,12 +114,12 @@ class FeatureTables(Connection):
         chunk_prefix: str,
         matrix: np.ndarray,
         entries: Sequence[FeatureRowEntry],
-        errors: Sequence[tuple[str, str]],
+        errors: Sequence[tuple[str, str, str]],
         dtype: str = "float32",
         job_progress: tuple[str, dict] | None = None,
     ) -> str | None:
         """Persist one finished chunk: the .npy file first (atomic rename), then its catalogue rows, the row
-        errors and the job's progress in one transaction.  A crash before the commit leaves an orphan file
+        errors (content hash, message, kind: 'permanent' or 'retriable') and the job's progress in one transaction.  A crash before the commit leaves an orphan file
         that ``remove_orphan_chunks`` deletes; a crash after it loses nothing."""
         chunk = None
         if len(entries):
@@ -161,9 +164,11 @@ class FeatureTables(Connection):
                     [config_key, chunk, config_key],
                 )
             if errors:
-                con.register("staged_errors", pa.table({"content_hash": [e[0] for e in errors], "error": [e[1] for e in errors]}))
+                con.register("staged_errors", pa.table({
+                    "content_hash": [e[0] for e in errors], "error": [e[1] for e in errors],
+                    "kind": pa.array([e[2] if len(e) > 2 else RETRIABLE for e in errors], pa.string())}))
                 con.execute(
-                    "INSERT INTO feature_errors SELECT ?, s.content_hash, s.error FROM staged_errors s "
+                    "INSERT INTO feature_errors SELECT ?, s.content_hash, s.error, s.kind FROM staged_errors s "
                     "WHERE NOT EXISTS (SELECT 1 FROM feature_errors f WHERE f.config_key = ? AND f.content_hash = s.content_hash)",
                     [config_key, config_key],
                 )
@@ -259,6 +264,32 @@ class FeatureTables(Connection):
                 "AND e.config_key = ? WHERE r.project = ? AND r.role = ? ORDER BY r.ordinal",
                 [config_key, project, role],
             ).fetchall()
+
+    def retriable_error_count(self, project: str, config_keys: Sequence[str]) -> int:
+        """How many of the project's rows have a retriable error (kind 'retriable', or NULL from an older cache)
+        under these feature configs."""
+        if not config_keys:
+            return 0
+        with self._connect() as con:
+            (count,) = con.execute(
+                "SELECT count(*) FROM feature_errors e WHERE e.config_key IN (SELECT unnest(?)) "
+                "AND coalesce(e.kind, ?) = ? AND e.content_hash IN (SELECT content_hash FROM rows WHERE project = ?)",
+                [list(config_keys), RETRIABLE, RETRIABLE, project],
+            ).fetchone()
+        return count
+
+    def clear_retriable_errors(self, project: str, config_keys: Sequence[str]) -> int:
+        """Forget the project's retriable row errors under these configs, so that the next job computes those
+        rows again; permanent errors (the input itself) stay.  Returns how many were cleared."""
+        if not config_keys:
+            return 0
+        with self._transaction() as con:
+            where = ("WHERE config_key IN (SELECT unnest(?)) AND coalesce(kind, ?) = ? "
+                     "AND content_hash IN (SELECT content_hash FROM rows WHERE project = ?)")
+            params = [list(config_keys), RETRIABLE, RETRIABLE, project]
+            (count,) = con.execute(f"SELECT count(*) FROM feature_errors {where}", params).fetchone()
+            con.execute(f"DELETE FROM feature_errors {where}", params)
+        return count
 
     # ------------------------------------------------------------------------------------ throughput
 
