@@ -91,13 +91,11 @@ class RowProblem(ValueError):
 class BadRowsError(ValueError):
     """Raised in ``on_error="fail"`` mode when a file (or a set of files) has bad records."""
 
-    def __init__(self, errors: list[RowError]):
+    def __init__(self, errors: list[RowError], advice: str | None = None):
         self.errors: list[RowError] = list(errors)
         files = sorted({error.file for error in self.errors})
-        lines = [
-            f"{len(self.errors)} bad row(s) in {', '.join(files)}; "
-            "fix them, or read with on_error='skip' to leave them out:"
-        ]
+        advice = advice or "fix them, or ingest with --on-error skip to leave them out"
+        lines = [f"{len(self.errors)} bad row(s) in {', '.join(files)}; {advice}:"]
         lines += [str(error) for error in self.errors[:MAX_ERRORS_IN_MESSAGE]]
         if len(self.errors) > MAX_ERRORS_IN_MESSAGE:
             lines.append(f"... and {len(self.errors) - MAX_ERRORS_IN_MESSAGE} more")

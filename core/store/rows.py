@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,44 +79,21 @@ class RowTables(Connection):
 
     def replace_rows(self, project: str, role: str, staged: Path, files: Sequence[dict], errors: Sequence[dict]) -> int:
         """Atomically replace a project's pool or targets with the rows staged in a parquet file."""
-        if role not in ROLES:
+        return self.replace_roles(project, {role: (staged, files, errors)})[role]
+
+    def replace_roles(self, project: str, staged: Mapping[str, tuple[Path, Sequence[dict], Sequence[dict]]]) -> dict[str, int]:
+        """Replace several roles' rows at once, all or none: role -> (staged parquet file, ingest_files records,
+        ingest_errors records), in one transaction (a failure on any role rolls back every role, and the project
+        row of a new project).  Returns role -> rows stored."""
+        unknown = [role for role in staged if role not in ROLES]
+        if unknown or not staged:
             raise ValueError(f"role must be one of {ROLES}")
         with self._transaction() as con:
             if not con.execute("SELECT 1 FROM projects WHERE name = ?", [project]).fetchone():
                 con.execute("INSERT INTO projects VALUES (?, ?, ?)", [project, now(), "{}"])
-            for table in ("rows", "ingest_files", "ingest_errors"):
-                con.execute(f"DELETE FROM {table} WHERE project = ? AND role = ?", [project, role])
-            # Bounded memory for any file size: DuckDB would keep the new blocks cached up to 80 % of the RAM
-            # (a 1,000,000-row insert took 550 MB), and an ORDER BY would sort the whole file in memory; the
-            # staged file is already in ordinal order, which the insert keeps (preserve_insertion_order).
-            # The limit is the database instance's, which other connections of this process may share: reset it.
-            con.execute(f"SET memory_limit = '{INGEST_MEMORY_LIMIT}'")
-            try:
-                con.execute(
-                    "INSERT INTO rows SELECT ?, ?, ordinal, row_id, content_hash, messages, format, source, file, line, "
-                    "grp FROM read_parquet(?)",
-                    [project, role, str(staged)],
-                )
-            finally:
-                with suppress(DatabaseError):  # after a failed insert the transaction refuses it; the error that matters propagates
-                    con.execute("RESET memory_limit")
             stamp = now()
-            for info in files:
-                con.execute(
-                    "INSERT INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [project, role, info["file"], info["format"], info["rows"], info["errors"], stamp],
-                )
-            if errors:
-                table = pa.table(
-                    {
-                        "file": [e["file"] for e in errors],
-                        "line": [e["line"] for e in errors],
-                        "reason": [e["reason"] for e in errors],
-                    }
-                )
-                con.register("staged_errors", table)
-                con.execute("INSERT INTO ingest_errors SELECT ?, ?, file, line, reason FROM staged_errors", [project, role])
-            return con.execute("SELECT count(*) FROM rows WHERE project = ? AND role = ?", [project, role]).fetchone()[0]
+            return {role: _replace_role(con, project, role, path, files, errors, stamp)
+                    for role, (path, files, errors) in staged.items()}
 
     def rows(self, project: str, role: str, limit: int | None = None) -> list[StoredRow]:
         sql = (
@@ -252,6 +229,47 @@ class RowTables(Connection):
             errors = con.execute("SELECT role, file, line, reason FROM ingest_errors WHERE project = ? "
                                  "ORDER BY role, file, line LIMIT ?", [project, int(limit)]).fetchall()
         return total, [dict(zip(("role", "file", "line", "reason"), e)) for e in errors]
+
+
+def _replace_role(con, project: str, role: str, staged: Path, files: Sequence[dict], errors: Sequence[dict],
+                  stamp) -> int:
+    """Inside the caller's transaction: replace one role's rows, ingest_files and ingest_errors."""
+    for table in ("rows", "ingest_files", "ingest_errors"):
+        con.execute(f"DELETE FROM {table} WHERE project = ? AND role = ?", [project, role])
+    # Bounded memory for any file size: DuckDB would keep the new blocks cached up to 80 % of the RAM
+    # (a 1,000,000-row insert took 550 MB), and an ORDER BY would sort the whole file in memory; the
+    # staged file is already in ordinal order, which the insert keeps (preserve_insertion_order).
+    # The limit is the database instance's, which other connections of this process may share: reset it.
+    con.execute(f"SET memory_limit = '{INGEST_MEMORY_LIMIT}'")
+    try:
+        con.execute(
+            "INSERT INTO rows SELECT ?, ?, ordinal, row_id, content_hash, messages, format, source, file, line, "
+            "grp FROM read_parquet(?)",
+            [project, role, str(staged)],
+        )
+    finally:
+        with suppress(DatabaseError):  # after a failed insert the transaction refuses it; the error that matters propagates
+            con.execute("RESET memory_limit")
+    for info in files:
+        con.execute(
+            "INSERT INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [project, role, info["file"], info["format"], info["rows"], info["errors"], stamp],
+        )
+    if errors:
+        table = pa.table(
+            {
+                "file": [e["file"] for e in errors],
+                "line": [e["line"] for e in errors],
+                "reason": [e["reason"] for e in errors],
+            }
+        )
+        con.register("staged_errors", table)
+        try:
+            con.execute("INSERT INTO ingest_errors SELECT ?, ?, file, line, reason FROM staged_errors", [project, role])
+        finally:
+            with suppress(DatabaseError):
+                con.unregister("staged_errors")
+    return con.execute("SELECT count(*) FROM rows WHERE project = ? AND role = ?", [project, role]).fetchone()[0]
 
 
 def stage_rows_parquet(path: Path, rows: Iterable[dict], batch_rows: int = 5000) -> int:
