@@ -16,6 +16,9 @@ the rendered prompt prefix (the template rendered up to the turn with a generati
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import hashlib
 import importlib.util
 import json
@@ -126,15 +129,54 @@ def model_key(resolved: ResolvedModel) -> str:
     return stable_hash(["hub", resolved.source])
 
 
+CONVERTED_MARKER = "g2is_source.json"  # written last into the staging folder: its presence means "finished"
+
+
+def _conversion_lock_path(target: Path) -> Path:
+    return target.with_name(target.name + ".lock")
+
+
+@contextlib.contextmanager
+def _conversion_lock(target: Path, log, what: str):
+    """Hold an exclusive ``flock`` on ``<target>.lock`` beside the converted folder, so one process converts while
+    the others wait (logging that once).  The kernel drops a flock when its holder dies, so a killed converter never
+    blocks the next one.  The lock file is never deleted: removing it would let two holders lock different files."""
+    lock_path = _conversion_lock_path(target)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"Waiting for another process to finish converting {what} to a safetensors cache...")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # closing releases the flock
+
+
 def ensure_converted(resolved: ResolvedModel, log=print) -> None:
-    """Convert a GGUF once into a safetensors folder (atomically: a crash leaves no half-written model)."""
-    if resolved.kind != "gguf" or (Path(resolved.load_path) / "g2is_source.json").is_file():
+    """Convert a GGUF once into a safetensors folder: atomically (staged, then renamed, so a crash leaves no
+    half-written model) and under a file lock (two processes asking at once convert it once: the other waits)."""
+    target = Path(resolved.load_path)
+    if resolved.kind != "gguf" or (target / CONVERTED_MARKER).is_file():
         return
+    gguf = Path(resolved.source)
+    with _conversion_lock(target, log, gguf.name):
+        if (target / CONVERTED_MARKER).is_file():  # converted by the process we waited for
+            return
+        # Holding the lock, no one else is converting: staging folders left here are from converters that died.
+        for stale in target.parent.glob(glob.escape(target.name) + ".tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        log(f"Converting {gguf.name} to a safetensors cache (once; about 30 s)...")
+        _convert_gguf(gguf, target)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise ``gguf`` and save it as a safetensors model folder at ``target``, via a staging folder renamed
+    into place once complete (``CONVERTED_MARKER`` is its last file)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = Path(resolved.source)
-    target = Path(resolved.load_path)
-    log(f"Converting {gguf.name} to a safetensors cache (once; about 30 s)...")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -156,15 +198,17 @@ def ensure_converted(resolved: ResolvedModel, log=print) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     clean.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "g2is_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": _file_digest(gguf)}))
-    if target.exists():  # another process converted it meanwhile
+    (staging / CONVERTED_MARKER).write_text(json.dumps({"gguf": str(gguf), "sha256": _file_digest(gguf)}))
+    # The lock makes the next two checks moot, except against a process it does not hold back (older code, or a
+    # filesystem whose flock is not shared between machines): then the first complete folder wins.
+    if target.exists():
         shutil.rmtree(staging, ignore_errors=True)
         return
     try:
         staging.rename(target)
-    except OSError:  # lost the race to another process (e.g. two Ray workers starting on one node)
+    except OSError:  # lost the race
         shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "g2is_source.json").is_file():
+        if not (target / CONVERTED_MARKER).is_file():
             raise
 
 
