@@ -129,6 +129,68 @@ def subprocess_env(cache_root: Path) -> dict:
     return env
 
 
+# ----------------------------------------------------------------------------- running as another user (nobody)
+# Tests run as root, and permission bits do not stop root. So a test that needs a real "Permission denied" runs
+# its check in a subprocess. That subprocess starts as root, imports everything it needs, and only then runs
+# BECOME_NOBODY. Starting and importing as root matters because the interpreter (under /root) and the venv and
+# editable `core` (inside the checkout) may lie where nobody cannot read, for example in a 0700 home or a
+# `mktemp -d` clone. After the drop, the subprocess reads only what skip_unless_nobody_can_read was given.
+# Run as an ordinary user, the subprocess stays that user, and chmod alone makes the fault.
+BECOME_NOBODY = r"""
+if os.geteuid() == 0:
+    try:
+        _nobody = pwd.getpwnam("nobody")
+        os.setgroups([])
+        os.setgid(_nobody.pw_gid)
+        os.setuid(_nobody.pw_uid)
+    except (KeyError, OSError) as _error:
+        sys.exit(f"cannot become user nobody: {_error!r}")
+"""
+
+_NOBODY_CAN_READ = r"""
+import os, pwd, stat, sys
+""" + BECOME_NOBODY + r"""
+def described(path):
+    info = os.stat(path)  # needs only search permission on the folder above, checked before
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    return f"{path} ({stat.filemode(info.st_mode)}, owner {owner})"
+
+for path in map(os.path.abspath, sys.argv[1:]):
+    folder = os.path.dirname(path)
+    above = []
+    while folder not in above:
+        above.append(folder)
+        folder = os.path.dirname(folder)
+    for folder in reversed(above):
+        if not os.access(folder, os.X_OK):
+            sys.exit(f"user nobody cannot read {path}: it may not enter the folder {described(folder)}")
+    wanted = os.R_OK | (os.X_OK if os.path.isdir(path) else 0)
+    if not os.path.exists(path) or not os.access(path, wanted):
+        sys.exit(f"user nobody cannot read {described(path) if os.path.exists(path) else path + ' (missing)'}")
+"""
+
+
+def skip_unless_nobody_can_read(*paths: Path) -> None:
+    """Skip the calling test unless user ``nobody`` can read each of ``paths``. The skip reason names the path and
+    the folder that blocks it. Pass every path the subprocess reads after BECOME_NOBODY. As an ordinary user
+    there is no drop, so there is nothing to check."""
+    if os.geteuid() != 0:
+        return
+    import subprocess
+    import sys
+
+    probe = subprocess.run([sys.executable, "-c", _NOBODY_CAN_READ, *map(str, paths)], capture_output=True,
+                           text=True, timeout=60)
+    if probe.returncode != 0:
+        why = (probe.stderr.strip().splitlines() or [f"the check exited with {probe.returncode}"])[-1]
+        pytest.skip(f"{why}. This test runs as root and drops to user nobody to meet a real permission error, "
+                    "so nobody must be able to read the files it makes. Let other users enter that folder "
+                    "(chmod o+x), or point TMPDIR at a folder they can enter.")
+
+
 EXPLORE_PROJECT = "explore"
 
 

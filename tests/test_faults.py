@@ -144,9 +144,13 @@ def test_read_only_cache_gives_a_clear_message_from_the_cli(shared_folder, obser
 APP_AS_UNPRIVILEGED = r"""
 import os, pwd, sys
 from streamlit.testing.v1 import AppTest
-# A first run as root on a writable cache loads every module the app's first lines need.
+# A first run as root on a writable cache loads every module the app's first lines need. It opens project
+# "warm" (tiny model), because the demo would start a real SmolLM2 features worker that outlives this process.
 os.environ["G2IS_CACHE_DIR"] = sys.argv[3]
-AppTest.from_file(sys.argv[2], default_timeout=60).run()
+warm = AppTest.from_file(sys.argv[2], default_timeout=60)
+warm.query_params["project"] = "warm"
+warm.run()
+assert not warm.exception, warm.exception
 os.environ["G2IS_CACHE_DIR"] = sys.argv[4]
 """ + BECOME_NOBODY + r"""
 app = AppTest.from_file(sys.argv[2], default_timeout=60)
@@ -158,8 +162,10 @@ for error in app.error:
 
 
 @pytest.mark.reliability("fault", "cache folder read-only (app, as user nobody)")
-def test_read_only_cache_gives_a_clear_message_in_the_app(shared_folder, observed):
+def test_read_only_cache_gives_a_clear_message_in_the_app(shared_folder, tiny_model_dir, observed):
     writable, read_only = shared_folder / "warm", shared_folder / "cache"
+    make_project(shared_folder / "warm-data", Store(writable), n_pool=4, n_targets=2, project="warm",
+                 settings=tiny_settings(tiny_model_dir))
     Store(read_only)
     make_read_only(read_only)
     # Streamlit reads the script as nobody, and the checkout may be where nobody cannot read (a 0700 clone).
