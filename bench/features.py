@@ -24,7 +24,7 @@ pool when that folder is absent) and the same model (default SmolLM2-135M-Instru
 Tokens counted are the tokens each row's forward pass runs over (its encoded length after truncation to
 ``--max-tokens``; the job's throughput counter counts the same).  Tokenisation is done beforehand for all three,
 as the job does.  Every variant is warmed up on 2 rows that are not timed.  The model's LoRA state is a "quick
-state": one real AdamW warmup step (``core.features.lora.train_warmup``) on 4 other rows, which gives non-zero lora_B
+state": one real AdamW warmup step (``core.features.lora.train_lora``) on 4 other rows, which gives non-zero lora_B
 (so lora_A gets gradients) and real Adam moments for the Adam transform.
 
 It checks that ours and the reference give the same *unprojected* per-example gradient (relative error; on CPU
@@ -59,7 +59,7 @@ from core.config import FeatureSettings, LoraArguments, ProjectionArguments, War
 from core.data.readers import read_rows
 from core.features.featurize import _features_for
 from core.features.gradients import HookGradientComputer, LoopGradientComputer, flat_moments, make_gradient_computer
-from core.features.lora import add_lora, collate, gradient_dim, lora_parameters, token_loss, train_warmup
+from core.features.lora import add_lora, collate, gradient_dim, lora_parameters, token_loss, train_lora
 from core.features.modeling import encode_messages, load_model, load_tokenizer, pick_device, resolve_model
 from core.features.projection import CountSketchProjector, RademacherProjector, _stream_key, make_projector
 
@@ -228,7 +228,7 @@ def main() -> int:
             for n, p in params
         }
 
-    train_warmup(model, [encoded[r.content_hash] for r in state_rows], WarmupArguments(batch_size=4, epochs=1), pad_id, save_epoch)
+    train_lora(model, [encoded[r.content_hash] for r in state_rows], WarmupArguments(batch_size=4, epochs=1), pad_id, save_epoch)
     exp_avg, exp_avg_sq = flat_moments(model, state["moments"])
     exp_avg, exp_avg_sq = exp_avg.to(device), exp_avg_sq.to(device)
     print(f"[setup] quick state: 1 AdamW step on 4 rows in {time.perf_counter() - t:.1f} s "

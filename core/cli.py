@@ -9,22 +9,28 @@
     select         run a selection method (g2is, less, tsds, random, embedding) and store the run
     walk           run G2IS and print its event stream, one event a line
     export         write a stored selection as JSONL (messages, alpaca, sharegpt) with a manifest
+    evaluate       fine-tune on selections beside random and zero-shot; held-out loss and exact match per seed
     jobs | cancel | resume | run-job   manage background jobs (run-job is what a worker process executes)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from core.config import PROJECTION_KINDS, FeatureSettings
+from core.config import PROJECTION_KINDS, FeatureSettings, FineTuneArguments
 from core.data.ingest import ingest_roles
 from core.data.projects import EDITABLE_SETTINGS, create_demo_project, edit_settings, project_settings, project_status
 from core.data.records import BadRowsError, FormatError
+from core.evaluation.plan import estimate_evaluation, plan_evaluation
+from core.evaluation.report import evaluation_report
+from core.evaluation.run import launch_evaluation
 from core.features.distributed import RayUnavailable, require_ray
 from core.features.featurize import learning_rate_weights, plan_features
 from core.features.modeling import ModelError
@@ -43,6 +49,7 @@ from core.jobs import (
 from core.selection.export import EXPORT_FORMATS, export_selection
 from core.selection.g2is import G2ISParams
 from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG
+from core.selection.methods import DEFAULT_RATIO
 from core.selection.runs import (
     FeaturesMissing,
     feature_index,
@@ -71,10 +78,11 @@ def _settings_from_args(store: Store, args) -> FeatureSettings:
 
 def cmd_ingest(args) -> int:
     store = _store()
-    if not args.pool and not args.targets:
-        print("error: give --pool FILE... and/or --targets FILE...", file=sys.stderr)
+    if not args.pool and not args.targets and not args.eval:
+        print("error: give --pool FILE..., --targets FILE... and/or --eval FILE...", file=sys.stderr)
         return 2
-    roles = {role: paths for role, paths in (("pool", args.pool), ("targets", args.targets)) if paths}
+    roles = {role: paths for role, paths in (("pool", args.pool), ("targets", args.targets), ("eval", args.eval))
+             if paths}
     existed = args.project in store.projects()
     try:  # every file of every role, or none: a rejected file leaves the project as it was
         results = ingest_roles(store, args.project, roles, on_error=args.on_error, group_field=args.group_field)
@@ -111,7 +119,7 @@ def _bar(job_view, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {job.done}/{job.total} {rate} {eta} {job.phase or ''}"
 
 
-def watch(store: Store, job_id: str, stream=sys.stderr) -> int:
+def watch(store: Store, job_id: str, stream=sys.stderr, out=None) -> int:
     """Draw a progress bar until the job ends; Ctrl-C cancels it (finished chunks stay cached)."""
 
     interactive = stream.isatty()
@@ -135,7 +143,7 @@ def watch(store: Store, job_id: str, stream=sys.stderr) -> int:
         stream.write("\n")
     job = current.job
     if current.status == "done":
-        print(f"job {job_id} done: {job.message}")
+        print(f"job {job_id} done: {job.message}", file=out or sys.stdout)
         return 0
     print(f"job {job_id} {current.status}: {job.message or ''} (log: {store.root / 'jobs' / (job_id + '.log')})", file=sys.stderr)
     return 1
@@ -293,7 +301,8 @@ def cmd_select(args, walk: bool = False) -> int:
         print(f"wrote {manifest['selected']} rows to {manifest['path']} ({args.format}) and {manifest['manifest_path']}",
               file=sys.stderr)
     if args.json:
-        print(json.dumps([run.features.pool_ids[r] for r in result.rows]))
+        print(json.dumps({"run": run.run_id, "method": result.method, "budget": result.budget, "notes": result.notes,
+                          "rows": [run.features.pool_ids[r] for r in result.rows]}))
         return 0
     if walk and args.steps:
         print(f"run {run.run_id}: {len(result.rows)} of {result.budget} rows selected, {run.events} events stored")
@@ -307,6 +316,51 @@ def cmd_select(args, walk: bool = False) -> int:
             break
         print(f"  {rank + 1:>4}. {run.features.pool_ids[row]:<28} {run.features.pool_sources[row]:<20} {score:+.4f}  {reason}")
     return 0
+
+
+def cmd_evaluate(args) -> int:
+    store = _store()
+    if not args.runs and not args.methods:
+        raise ValueError("give --runs RUN,RUN (stored selections) and/or --methods g2is,less,... (run now)")
+    if args.eval_file:
+        ingest_roles(store, args.project, {"eval": args.eval_file})
+    defaults = FineTuneArguments()
+    lora = defaults.lora
+    if args.lora_r is not None or args.lora_alpha is not None:
+        lora = replace(lora, r=args.lora_r or lora.r, alpha=args.lora_alpha or lora.alpha)
+    changes = {"learning_rate": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "seeds": args.seeds,
+               "max_tokens": args.max_tokens, "generate_tokens": args.generate_tokens}
+    training = replace(defaults, lora=lora, **{k: v for k, v in changes.items() if v is not None})
+    plan = plan_evaluation(store, args.project, runs=_names(args.runs), methods=_names(args.methods),
+                           budget=args.budget, ratio=args.ratio, split=args.eval_split, split_seed=args.split_seed,
+                           all_pool=args.all_pool, args=training, allow_partial=args.allow_partial)
+    info = sys.stderr if args.json else sys.stdout
+    print(f"evaluation {plan.id}: {', '.join(arm.label for arm in plan.arms)}", file=info)
+    for note in plan.notes:
+        print(f"  note: {note}", file=info)
+    print("estimate: " + estimate_evaluation(store, plan).text(), file=info)
+    if plan.pending(store):
+        if args.inline:  # (its log lines go where the other information goes: stdout is the JSON's with --json)
+            with contextlib.redirect_stdout(info):
+                code = run_job(store, launch_evaluation(store, plan, spawn=False)[0])
+        else:
+            job_id, how = launch_evaluation(store, plan)
+            print(f"{how} job {job_id} (log: {store.root / 'jobs' / (job_id + '.log')})", file=info)
+            if args.detach:
+                return 0
+            code = watch(store, job_id, out=info)
+        if code:
+            return code
+    report = evaluation_report(store, plan.id)
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str))
+        return 0
+    print(report.table())
+    return 0
+
+
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
 def cmd_export(args) -> int:
@@ -356,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", required=True)
     p.add_argument("--pool", nargs="+", default=[])
     p.add_argument("--targets", nargs="+", default=[])
+    p.add_argument("--eval", nargs="+", default=[], help="evaluation rows for `evaluate` (never used to select)")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad rows abort the ingest (fail) or are skipped and reported")
     p.add_argument("--group-field", help="dotted field holding the target group/subtask (default: group, subtask, task, subject, category, meta.*)")
     p.set_defaults(func=cmd_ingest)
@@ -448,6 +503,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--format", choices=EXPORT_FORMATS, default="messages", help="format for --out")
         p.add_argument("--show", type=int, default=20, help="rows to list (default 20)")
         p.set_defaults(func=(lambda a: cmd_select(a, walk=True)) if name == "walk" else cmd_select)
+
+    p = sub.add_parser("evaluate", help="fine-tune on selections (and random, zero-shot) and measure held-out loss")
+    p.add_argument("--project", required=True)
+    p.add_argument("--runs", help="stored selection run ids, comma-separated")
+    p.add_argument("--methods", help="methods to run now at one budget, comma-separated (g2is,less,tsds,embedding); "
+                   "random at the same budget and zero-shot are always measured")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=int, help="rows per selection of --methods")
+    size.add_argument("--ratio", type=float, help=f"fraction of the pool (default {DEFAULT_RATIO})")
+    p.add_argument("--eval-file", nargs="+", help="evaluation rows (ingested as the project's eval role)")
+    p.add_argument("--eval-split", type=float, help="hold out this fraction of the targets to evaluate (the rest "
+                   "guides --methods); without it the project's evaluation file is used")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--all-pool", action="store_true", help="also fine-tune on every pool row (small pools only)")
+    p.add_argument("--seeds", type=int, help=f"fine-tunes per selection (default {FineTuneArguments.seeds})")
+    p.add_argument("--epochs", type=int, help=f"default {FineTuneArguments.epochs}")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {FineTuneArguments.learning_rate})")
+    p.add_argument("--batch-size", type=int, help=f"examples per step (default {FineTuneArguments.batch_size})")
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lora-alpha", type=int)
+    p.add_argument("--max-tokens", type=int, help="default: the project's feature max tokens")
+    p.add_argument("--generate-tokens", type=int, help="greedy tokens decoded per checkable row for exact match "
+                   f"(default {FineTuneArguments.generate_tokens}; 0: loss only)")
+    p.add_argument("--allow-partial", action="store_true", help=ALLOW_PARTIAL_HELP)
+    p.add_argument("--inline", action="store_true", help="run in this process instead of a background worker")
+    p.add_argument("--detach", action="store_true", help="start the background job and return")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write a stored selection as JSONL with a manifest")
     p.add_argument("--project", required=True)

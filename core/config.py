@@ -172,3 +172,59 @@ class FeatureSettings:
 
     def replace(self, **changes: Any) -> FeatureSettings:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class FineTuneArguments:
+    """How a selection is evaluated by fine-tuning on it (``core.evaluation``): a fresh LoRA adapter on the base
+    model (not the warmup checkpoint), trained on exactly the selected rows with the features' chat rendering and
+    assistant-only loss, once per seed.  Small defaults: on 2 CPU cores a 135M model trains ~1 row/s.
+
+    Everything here except ``seeds`` and ``generate_tokens`` changes a trained unit's numbers, so it is part of
+    its cache key (``seeds`` says how many units; ``generate_tokens`` only what is measured after training)."""
+
+    lora: LoraArguments = field(default_factory=lambda: LoraArguments(r=8, alpha=16))
+    learning_rate: float = 2e-4  # LoRA fine-tunes take a larger rate than the warmup's 2e-5 (few steps here)
+    epochs: int = 3
+    batch_size: int = 4  # gradient accumulation: examples per optimizer step
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_tokens: int | None = None  # None: the project's feature max_tokens (the same rendering as the features)
+    seeds: int = 3  # each seed: its own LoRA init and row order, and its own random selection
+    # Greedy decoding for the exact-match accuracy of checkable rows (a final number, a choice letter): at most
+    # this many new tokens per row; 0 turns accuracy off (decoding costs more than the loss on a CPU).
+    generate_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning rate must be > 0 (got {self.learning_rate})")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1 (got {self.batch_size})")
+        if not 1 <= self.seeds <= 20:
+            raise ValueError(f"seeds must be between 1 and 20 (got {self.seeds})")
+        if self.max_tokens is not None and self.max_tokens < 8:
+            raise ValueError(f"max_tokens must be >= 8 (got {self.max_tokens})")
+        if self.generate_tokens < 0:
+            raise ValueError(f"generate_tokens must be >= 0 (got {self.generate_tokens})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FineTuneArguments:
+        data = dict(data)
+        if isinstance(data.get("lora"), dict):
+            lora = dict(data["lora"])
+            lora["target_modules"] = tuple(lora.get("target_modules", LoraArguments.target_modules))
+            data["lora"] = LoraArguments(**lora)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def training_numbers(self, seed: int) -> dict:
+        """What changes the adapter trained with ``seed``: its cache key's share of these arguments."""
+        numbers = asdict(self)
+        for knob in ("seeds", "generate_tokens"):
+            numbers.pop(knob)
+        return {**numbers, "seed": seed}

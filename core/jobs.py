@@ -18,9 +18,11 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from core.config import FeatureSettings
 from core.features.distributed import RayUnavailable, run_features_ray
@@ -120,28 +122,37 @@ def spawn_worker(store: Store, job_id: str) -> int:
     return process.pid
 
 
+def start_job(store: Store, project: str, kind: str, params: dict, spawn: bool = True) -> str:
+    """Record a job of ``kind`` and start its worker (unless ``spawn`` is False: the caller runs it inline)."""
+    job_id = store.create_job(project, kind, params)
+    if spawn:
+        spawn_worker(store, job_id)
+    return job_id
+
+
 def start_features_job(store: Store, project: str, settings: FeatureSettings, limit: int | None = None, spawn: bool = True,
                        ray_address: str | None = None) -> str:
     """Record a features job (computed on the Ray cluster at ``ray_address`` when given) and start its worker."""
     params = {"settings": settings.to_dict(), "limit": limit}
     if ray_address:  # only then: the params of a local job stay what find_resumable compares
         params["ray"] = ray_address
-    job_id = store.create_job(project, "features", params)
-    if spawn:
-        spawn_worker(store, job_id)
-    return job_id
+    return start_job(store, project, "features", params, spawn)
 
 
-def find_resumable(store: Store, project: str, settings: FeatureSettings, limit: int | None) -> JobView | None:
-    """The latest unfinished features job of this project with the same settings, if any."""
-    wanted = {"settings": settings.to_dict(), "limit": limit}
+def resumable_job(store: Store, project: str, kind: str, params: dict) -> JobView | None:
+    """The latest unfinished job of ``kind`` in the project with these params, if it is the latest of them."""
     for job in store.jobs(project):
-        if job.kind == "features" and _same_params(job.params, wanted):
+        if job.kind == kind and _same_params(job.params, params):
             current = view(store, job)
             if current.status in ("queued", "running", "cancelling", "interrupted", "cancelled"):
                 return current
             return None
     return None
+
+
+def find_resumable(store: Store, project: str, settings: FeatureSettings, limit: int | None) -> JobView | None:
+    """The latest unfinished features job of this project with the same settings, if any."""
+    return resumable_job(store, project, "features", {"settings": settings.to_dict(), "limit": limit})
 
 
 @dataclass(frozen=True)
@@ -259,6 +270,38 @@ def failure_message(store: Store, error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+JobRunner = Callable[[Store, Job, Callable[[], bool], Callable[[Any], None]], str]
+"""The body of one kind of job: ``runner(store, job, should_cancel, report) -> message when done``.  ``report``
+takes a progress object with ``fields()``; a cancel is honoured by raising ``Cancelled``."""
+
+JOB_RUNNERS: dict[str, JobRunner] = {}
+
+
+def register_job_kind(kind: str, runner: JobRunner) -> None:
+    """Make ``run_job`` run jobs of ``kind`` with ``runner``.  Stages above this module (the evaluation) register
+    their kind when imported; the worker process (``python -m core run-job``) imports them all through the CLI."""
+    JOB_RUNNERS[kind] = runner
+
+
+def _run_features_job(store: Store, job: Job, should_cancel, report) -> str:
+    settings = FeatureSettings.from_dict(job.params["settings"])
+    if job.params.get("ray"):  # computed on a Ray cluster; this process is its driver (core/features/distributed.py)
+        plan = run_features_ray(
+            store, job.project, settings, job.params.get("limit"), address=job.params["ray"], job_id=job.id,
+            should_cancel=should_cancel, report=report, log=_log_line,
+        )
+    else:
+        plan = run_features(
+            store, job.project, settings, job.params.get("limit"), job_id=job.id,
+            should_cancel=should_cancel, report=report, log=_log_line,
+        )
+    missing = plan.rows_to_compute
+    return "all features cached" if not missing else f"{missing} rows still missing"
+
+
+register_job_kind("features", _run_features_job)
+
+
 def run_job(store: Store, job_id: str) -> int:
     """Body of a worker process (or of an inline run): executes the job and records how it ended."""
 
@@ -271,7 +314,7 @@ def run_job(store: Store, job_id: str) -> int:
             store.update_job(job_id, status="cancelled", finished=now())
             return 0
         store.update_job(job_id, status="running", pid=os.getpid(), started=now(), message=None)
-        settings = FeatureSettings.from_dict(job.params["settings"])
+
         def should_cancel() -> bool:
             return store.job(job_id).status == "cancelling"
 
@@ -279,16 +322,11 @@ def run_job(store: Store, job_id: str) -> int:
             store.update_job(job_id, **progress.fields())
 
         try:
-            if job.params.get("ray"):  # computed on a Ray cluster; this process is its driver (core/features/distributed.py)
-                plan = run_features_ray(
-                    store, job.project, settings, job.params.get("limit"), address=job.params["ray"], job_id=job_id,
-                    should_cancel=should_cancel, report=report, log=_log_line,
-                )
-            else:
-                plan = run_features(
-                    store, job.project, settings, job.params.get("limit"), job_id=job_id,
-                    should_cancel=should_cancel, report=report, log=_log_line,
-                )
+            runner = JOB_RUNNERS.get(job.kind)
+            if runner is None:
+                raise ValueError(f"job {job_id} is of kind {job.kind!r}, which this worker cannot run "
+                                 f"(known: {', '.join(sorted(JOB_RUNNERS))})")
+            message = runner(store, job, should_cancel, report)
         except Cancelled:
             store.update_job(job_id, status="cancelled", finished=now(), message="cancelled by the user; resume to continue")
             return 0
@@ -299,9 +337,5 @@ def run_job(store: Store, job_id: str) -> int:
             except StoreError as second:  # e.g. the disk is still full: the view reports the job interrupted
                 _log_line(f"could not record the failure: {second}", sys.stderr)
             return 1
-        missing = plan.rows_to_compute
-        store.update_job(
-            job_id, status="done", finished=now(), phase="done",
-            message="all features cached" if not missing else f"{missing} rows still missing",
-        )
+        store.update_job(job_id, status="done", finished=now(), phase="done", message=message)
         return 0

@@ -15,7 +15,7 @@ from core.views.text import markdown_text
 store, project = session.store(), session.project()
 st.title("Data")
 
-ROLE_LABELS = {"pool": "Pool", "targets": "Targets"}
+ROLE_LABELS = {"pool": "Pool", "targets": "Targets", "eval": "Evaluation"}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

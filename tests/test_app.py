@@ -50,7 +50,7 @@ def test_unknown_project_falls_back_to_the_demo_which_starts_its_features(cache)
     assert not app.exception
     assert any("no project 'no-such-project'" in e.value for e in app.error)
     store = Store()
-    assert store.row_counts("demo") == {"pool": 320, "targets": 16}
+    assert store.row_counts("demo") == {"pool": 320, "targets": 16, "eval": 0}
     (job,) = store.jobs("demo")  # first use of the demo: its feature job was started in the background
     try:
         assert job.kind == "features" and job.status in jobs.ACTIVE

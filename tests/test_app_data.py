@@ -131,11 +131,13 @@ def test_creating_a_project_and_uploading_alpaca_files_fills_it_once(cache, tiny
                      for i in range(3)])
     uploader(app, "pool").set_value(("adds.json", pool, "application/json")).run()
     uploader(app, "targets").set_value(("doubles.jsonl", targets, "application/json")).run()
+    held_out = jsonl([{"instruction": f"Triple {i}.", "output": f"{3 * i}"} for i in range(2)])
+    uploader(app, "eval").set_value(("triples.jsonl", held_out, "application/json")).run()
     assert not app.exception, app.exception
-    assert store.row_counts("alpaca-mix") == {"pool": 6, "targets": 3}
+    assert store.row_counts("alpaca-mix") == {"pool": 6, "targets": 3, "eval": 2}
     assert [r.group for r in store.rows("alpaca-mix", "targets")] == ["s0", "s1", "s0"]
     assert {r.format for r in store.rows("alpaca-mix", "pool")} == {"alpaca"}
-    assert [m.value for m in app.metric] == ["6", "3"]
+    assert [m.value for m in app.metric] == ["6", "3", "2"]
     preview = next(d.value for d in app.dataframe if "text" in d.value.columns)
     assert preview["text"][0] == "user: Add 0 and 0. → assistant: 0"
 
@@ -147,13 +149,13 @@ def test_creating_a_project_and_uploading_alpaca_files_fills_it_once(cache, tiny
     # A group field given afterwards is a new request: the targets are read again with it.
     app.text_input(key="data-group-alpaca-mix").input("instruction").run()
     assert [r.group for r in store.rows("alpaca-mix", "targets")] == ["Double 0.", "Double 1.", "Double 2."]
-    assert store.row_counts("alpaca-mix") == {"pool": 6, "targets": 3}
+    assert store.row_counts("alpaca-mix") == {"pool": 6, "targets": 3, "eval": 2}
 
     # Choosing another project switches the URL and the page to it.
     app.selectbox(key="data-project").set_value("start").run()
     assert not app.exception, app.exception
     assert app.query_params["project"] == "start" and app.session_state["project"] == "start"
-    assert [m.value for m in app.metric] == ["0", "0"]
+    assert [m.value for m in app.metric] == ["0", "0", "0"]
     assert any("No rows yet" in i.value for i in app.info)
 
 
@@ -220,7 +222,7 @@ def test_overview_counts_sources_and_bins_every_row(cache, tmp_path):
     ingest_files(store, "overview", "pool", [write_jsonl(tmp_path / "pool.jsonl", rows)])
     ingest_files(store, "overview", "targets", [write_jsonl(tmp_path / "t.jsonl", chat_rows(4, "t"))])
     overview = data_view.data_overview(store, "overview")
-    assert overview.rows == {"pool": 30, "targets": 4}
+    assert overview.rows == {"pool": 30, "targets": 4, "eval": 0}
     assert overview.sources == {"pool": [("plain", 20), ("<img src=x>", 10)], "targets": [("t", 4)]}
     for histogram in overview.lengths.values():
         assert {role: sum(counts) for role, counts in histogram.counts.items()} == {"pool": 30, "targets": 4}

@@ -193,7 +193,7 @@ def test_upload_features_walk_export_in_the_browser(app, browser_cache, tiny_mod
     main.locator(".g2is-trained").first.wait_for()  # the token view of the first pool row
     app.screenshot("workflow-1-data")
     assert app.problems() == []
-    assert store.row_counts(UPLOAD_PROJECT) == {"pool": 40, "targets": 4}
+    assert store.row_counts(UPLOAD_PROJECT) == {"pool": 40, "targets": 4, "eval": 0}
 
     go_to(app, "Features", "Gradient features")
     main.get_by_role("button", name="Compute features").click()

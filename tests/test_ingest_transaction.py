@@ -54,7 +54,7 @@ def test_cli_rejected_targets_leave_a_new_project_empty(tmp_path, cache, capsys,
     check_rejection_message(captured.err, targets)
     assert "Traceback" not in captured.err and "nothing was ingested: project 'p' was not created" in captured.err
     assert project_state(Store(), "p") == before  # no pool rows either, and no project
-    assert Store().row_counts("p") == {"pool": 0, "targets": 0}
+    assert Store().row_counts("p") == {"pool": 0, "targets": 0, "eval": 0}
     observed.append(f"`python -m core ingest --pool ... --targets ...`, exit 1: {captured.err.strip()}")
 
 
@@ -118,7 +118,7 @@ def test_api_rejected_targets_leave_every_role_as_it_was(tmp_path, cache, observ
     results = ingest_roles(store, "p", {"pool": [pool], "targets": [targets]}, on_error="skip")
     assert {role: r.rows for role, r in results.items()} == {"pool": 8, "targets": 3}
     assert [(e.file, e.line) for e in results["targets"].errors] == [(str(targets), 3)]
-    assert store.row_counts("p") == {"pool": 8, "targets": 3}
+    assert store.row_counts("p") == {"pool": 8, "targets": 3, "eval": 0}
     observed.append(f"BadRowsError: {str(raised.value).splitlines()[0]}")
 
 
@@ -168,7 +168,7 @@ def test_store_failure_between_roles_rolls_back_both(tmp_path, cache, monkeypatc
     monkeypatch.undo()
 
     results = ingest_roles(store, "p", {"pool": [pool], "targets": [targets]})
-    assert store.row_counts("p") == {"pool": 8, "targets": 3} and results["pool"].rows == 8
+    assert store.row_counts("p") == {"pool": 8, "targets": 3, "eval": 0} and results["pool"].rows == 8
     observed.append(f"StoreError while writing the targets: {raised.value}; pool and targets unchanged")
 
 

@@ -36,7 +36,7 @@ def test_cli_ingest_features_status_dump_and_cache(tmp_path, cache, tiny_model_d
 
     assert main(["status", "--project", "demo1", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["rows"] == {"pool": 30, "targets": 5}
+    assert status["rows"] == {"pool": 30, "targets": 5, "eval": 0}
     by_role = {f["role"]: f for f in status["features"]}
     assert by_role["pool"]["features"] == 30 and by_role["pool"]["gradient_type"] == "adam"
     assert by_role["targets"]["features"] == 5 and by_role["targets"]["gradient_type"] == "sgd"
@@ -299,7 +299,7 @@ def test_clear_errors_for_missing_project_rows_and_model(tmp_path, cache, tiny_m
     assert main(["ingest", "--project", "q", "--pool", str(pool), "--targets", str(pool)]) == 1
     err = capsys.readouterr().err
     assert f"{pool}:4: duplicate id 'row-1'" in err and "line" not in Store().row_counts("q")  # nothing written
-    assert Store().row_counts("q") == {"pool": 0, "targets": 0}
+    assert Store().row_counts("q") == {"pool": 0, "targets": 0, "eval": 0}
     assert main(["ingest", "--project", "q", "--pool", str(pool), "--targets", str(pool), "--on-error", "skip"]) == 0
     assert "3 rows (messages), 1 skipped" in capsys.readouterr().out
     assert main(["features", "--project", "q", "--model", str(tmp_path / "missing-model"), "--inline"]) == 1

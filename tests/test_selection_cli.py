@@ -9,6 +9,7 @@ import pytest
 from conftest import chat_rows, write_jsonl
 
 from core.cli import main
+from core.selection.runs import METHOD_ALIASES
 from core.store import Store
 
 
@@ -38,12 +39,14 @@ def test_graph_select_walk_export_and_dump(project_with_features, tmp_path, caps
         code = main(["select", "--project", project, "--method", method, "--budget", "6", "--k", "8", "--json"])
         captured = capsys.readouterr()
         assert code == 0, captured.err
-        ids = json.loads(captured.out)
+        printed = json.loads(captured.out)
+        ids = printed["rows"]
+        assert printed["run"] == Store().selection_runs(project, METHOD_ALIASES.get(method, method))[0]["id"]
         assert 1 <= len(ids) <= 6 and len(set(ids)) == len(ids) and all(i.startswith("pool-") for i in ids)
         selections[method] = ids
     # the same inputs give the same picks in the same order
     assert main(["select", "--project", project, "--method", "g2is", "--budget", "6", "--k", "8", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == selections["g2is"]
+    assert json.loads(capsys.readouterr().out)["rows"] == selections["g2is"]
 
     assert main(["walk", "--project", project, "--budget", "6", "--k", "8", "--steps", "--delta", "0.9"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -108,7 +111,7 @@ def test_select_without_k_uses_the_only_stored_graph(project_with_features, caps
     store = Store()
     run = store.selection_runs(project, "g2is")[0]
     assert run["params"]["k"] == 8 and len(store.graphs(run["feature_key"])) == 1  # no default graph was built
-    assert len(json.loads(captured.out)) == 6
+    assert len(json.loads(captured.out)["rows"]) == 6
 
 
 def test_partial_features_are_refused_unless_allowed_and_the_run_records_its_coverage(tmp_path, cache,

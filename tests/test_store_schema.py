@@ -84,7 +84,7 @@ def test_v1_cache_is_migrated_once_and_keeps_its_rows(tmp_path, monkeypatch, obs
     store = Store(root)
     assert len(calls) == SCHEMA_VERSION - 1
     assert recorded_version(root) == SCHEMA_VERSION
-    assert store.row_counts("demo") == {"pool": 5, "targets": 2}
+    assert store.row_counts("demo") == {"pool": 5, "targets": 2, "eval": 0}
     assert [row.row_id for row in store.rows("demo", "pool")] == [f"row-{i}" for i in range(5)]
     assert [row.row_id for row in store.rows("demo", "targets")] == ["t-0", "t-1"]
     assert store.rows("demo", "pool")[0].messages[0]["content"] == "question 0"
@@ -94,7 +94,7 @@ def test_v1_cache_is_migrated_once_and_keeps_its_rows(tmp_path, monkeypatch, obs
     again = Store(root)  # opening again finds the current version: no second migration
     assert len(calls) == SCHEMA_VERSION - 1
     assert recorded_version(root) == SCHEMA_VERSION
-    assert again.row_counts("demo") == {"pool": 5, "targets": 2}
+    assert again.row_counts("demo") == {"pool": 5, "targets": 2, "eval": 0}
 
     fresh = tmp_path / "fresh"
     Store(fresh)
@@ -122,7 +122,7 @@ def test_failed_migration_leaves_the_cache_as_it_was(tmp_path, monkeypatch, obse
     assert (root / "g2is.duckdb").read_bytes() == before
 
     monkeypatch.undo()  # the real migrations still work on it afterwards
-    assert Store(root).row_counts("demo") == {"pool": 5, "targets": 2}
+    assert Store(root).row_counts("demo") == {"pool": 5, "targets": 2, "eval": 0}
     assert recorded_version(root) == SCHEMA_VERSION
 
 

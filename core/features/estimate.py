@@ -51,6 +51,17 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def training_rate(store: Store, device: str, model_key: str, parameters: int) -> tuple[float, bool]:
+    """Tokens per second of one-example forward+backward passes on ``device``: (rate, measured).  The rate this
+    cache measured for the model there, else the assumption of the module docstring."""
+    measured = store.throughput(device, model_key)
+    if measured:
+        return measured, True
+    if device == "cuda":
+        return CUDA_FLOPS / (6 * parameters), False
+    return CPU_FLOPS_PER_CORE * min(os.cpu_count() or 2, 16) / (6 * parameters), False
+
+
 def estimate_cost(store: Store, plan: FeaturePlan, tokenizer) -> CostEstimate:
     settings = plan.settings
     lengths = {}
@@ -68,13 +79,7 @@ def estimate_cost(store: Store, plan: FeaturePlan, tokenizer) -> CostEstimate:
         warmup = min(len(plan.warmup_positions), len(pool) if pool else 0) * settings.warmup.epochs
         tokens += int(warmup * mean_tokens)
     parameters = parameter_count(resolve_model(settings.model))
-    measured = store.throughput(plan.device, plan.model_key)
-    if measured:
-        rate = measured
-    elif plan.device == "cuda":
-        rate = CUDA_FLOPS / (6 * parameters)
-    else:
-        rate = CPU_FLOPS_PER_CORE * min(os.cpu_count() or 2, 16) / (6 * parameters)
+    rate, measured = training_rate(store, plan.device, plan.model_key, parameters)
     return CostEstimate(
         rows=plan.rows_to_compute,
         warmup_examples=warmup,

@@ -32,7 +32,7 @@ from core.features.lora import (
     lora_parameters,
     read_checkpoint,
     save_checkpoint,
-    train_warmup,
+    train_lora,
     warmup_sample,
 )
 from core.features.modeling import (
@@ -324,7 +324,7 @@ def _run_warmup(store: Store, plan: FeaturePlan, model, warmup_rows: list[Encode
     if settings.warmup.epochs == 0:
         save_epoch(0, 0, 0.0, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]))
     else:
-        train_warmup(model, trainable, settings.warmup, pad_id, save_epoch, warmup_progress)
+        train_lora(model, trainable, settings.warmup, pad_id, save_epoch, warmup_progress, seed=settings.warmup.seed)
 
 
 def prepare_config(store: Store, plan: FeaturePlan, config: FeatureConfig, job_id: str, log: Callable[[str], None]) -> None:

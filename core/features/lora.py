@@ -1,4 +1,5 @@
-"""Seeded peft LoRA adapters and the LESS-style warmup that produces checkpoints with their Adam moments.
+"""Seeded peft LoRA adapters, the one AdamW LoRA trainer (``train_lora``), and the LESS-style warmup that uses it
+to produce checkpoints with their Adam moments (the evaluation's fine-tunes use the same trainer).
 
 The warmup is a short AdamW LoRA run on a seeded sample of the pool.  After each epoch it saves a checkpoint:
 the LoRA weights, AdamW's ``exp_avg``/``exp_avg_sq`` per parameter (what the Adam-aware pool features need),
@@ -12,6 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -139,15 +141,29 @@ def warmup_sample(n_pool: int, args: WarmupArguments, on_cpu: bool) -> list[int]
     return sorted(random.Random(args.seed).sample(range(n_pool), count))
 
 
-def train_warmup(
+class TrainingSchedule(Protocol):
+    """What ``train_lora`` reads of its arguments: ``WarmupArguments`` and ``FineTuneArguments`` both are one."""
+
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    warmup_ratio: float
+    weight_decay: float
+
+
+def train_lora(
     model,
     rows: Sequence[EncodedRow],
-    args: WarmupArguments,
+    args: TrainingSchedule,
     pad_id: int,
-    save_epoch: Callable[[int, int, float, torch.optim.Optimizer], None],
+    save_epoch: Callable[[int, int, float, torch.optim.Optimizer], None] = lambda *_: None,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    seed: int = 0,
+    on_step: Callable[[int, float], None] = lambda step, loss: None,
 ) -> None:
-    """AdamW on the LoRA parameters with a linear schedule; ``save_epoch(epoch, step, mean_lr, optimizer)`` after each epoch."""
+    """AdamW on the LoRA parameters with a linear schedule (rows shuffled by ``seed`` each epoch);
+    ``save_epoch(epoch, step, mean_lr, optimizer)`` after each epoch, ``on_step(step, mean loss of its batch)``
+    after each optimizer step.  The warmup of the features and the fine-tunes of ``core.evaluation`` use it."""
     from transformers import get_linear_schedule_with_warmup
 
     device = next(model.parameters()).device
@@ -157,7 +173,7 @@ def train_warmup(
     total_steps = steps_per_epoch * args.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, round(args.warmup_ratio * total_steps), total_steps)
     order = list(range(len(rows)))
-    shuffler = random.Random(args.seed)
+    shuffler = random.Random(seed)
     step, done = 0, 0
     model.train()
     try:
@@ -166,9 +182,12 @@ def train_warmup(
             epoch_lrs = []
             for start in range(0, len(order), args.batch_size):
                 batch = [rows[i] for i in order[start : start + args.batch_size]]
+                batch_loss = 0.0
                 for row in batch:  # one example per forward: fastest on CPU, and no padding in the loss
                     ids, attention, loss_mask = collate([row], device, pad_id)
-                    (token_loss(model, ids, attention, loss_mask).sum() / len(batch)).backward()
+                    loss = token_loss(model, ids, attention, loss_mask).sum() / len(batch)
+                    loss.backward()
+                    batch_loss += float(loss.detach())
                     done += 1
                     progress(done, len(rows) * args.epochs)
                 epoch_lrs.append(scheduler.get_last_lr()[0])
@@ -176,6 +195,7 @@ def train_warmup(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                on_step(step, batch_loss)
             save_epoch(epoch, step, sum(epoch_lrs) / max(1, len(epoch_lrs)), optimizer)
     finally:
         model.eval()

@@ -428,3 +428,15 @@ def encode_messages(tokenizer, messages, max_tokens: int) -> EncodedRow:
         else:
             error = "no assistant tokens to train on (empty answer after rendering)"
     return EncodedRow(tuple(ids), tuple(mask), full_length, error)
+
+
+def encode_prompt(tokenizer, messages, max_tokens: int) -> tuple[int, ...] | None:
+    """Token ids of the conversation up to its last assistant turn, ending in the template's generation prompt:
+    what a model is asked to continue when its answer is decoded.  None when there is no assistant turn or the
+    prompt leaves no room to answer within ``max_tokens``."""
+    messages = [dict(m) for m in messages]
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        return None
+    ids = tokenizer(_render(tokenizer, messages[:last], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    return tuple(ids) if len(ids) < max_tokens else None

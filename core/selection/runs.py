@@ -8,7 +8,8 @@ checkpoint) and keys everything it saves by a hash of those feature sets.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -54,6 +55,24 @@ class ProjectFeatures:
     pool_sources: list[str]
     coverage: dict = field(default_factory=dict)  # as FeatureIndex's: role -> [rows with a feature, project rows]
     unfinished: dict = field(default_factory=dict)  # role -> rows not computed yet (a partial selection's)
+    # Set when only some target rows guide the selection (an evaluation split's selection half, ``with_targets``):
+    # the key of those rows, which the run records so that an evaluation can tell what guided it.
+    guide_key: str | None = None
+
+
+def with_targets(features: ProjectFeatures, target_ids: Sequence[str], guide_key: str) -> ProjectFeatures:
+    """The same features with only the target rows ``target_ids`` guiding (the pool, its graph key, unchanged)."""
+    keep = set(target_ids)
+    missing = keep - set(features.target_ids)
+    if missing:
+        raise FeaturesMissing(f"{len(missing)} guiding target rows have no features (e.g. {sorted(missing)[0]!r}): "
+                              f"compute the features of project {features.project!r} first")
+    positions = [i for i, row_id in enumerate(features.target_ids) if row_id in keep]
+    return replace(
+        features, target_ids=[features.target_ids[i] for i in positions], targets=features.targets[positions],
+        target_groups=[features.target_groups[i] for i in positions],
+        targets_by_checkpoint=[matrix[positions] for matrix in features.targets_by_checkpoint],
+        target_texts=[features.target_texts[i] for i in positions], guide_key=guide_key)
 
 
 def coverage_notes(features: ProjectFeatures) -> list[str]:
@@ -327,6 +346,8 @@ def run_selection(store: Store, project: str, method: str, *, ratio: float | Non
         run_params = {**result.params, **({"ratio": ratio} if ratio is not None else {})}
         if any(features.unfinished.values()):  # a partial selection says so in its run and its export manifest
             run_params["coverage"] = features.coverage
+        if features.guide_key is not None:
+            run_params["targets"] = {"rows": len(features.target_ids), "guide_key": features.guide_key}
         if recorder is not None:
             run_id = recorder.finish(project, method, run_params, features.feature_key, count, ranked, result.notes,
                                      seconds)

@@ -3,8 +3,10 @@
     connection  the connection/lock protocol and the schema      rows     projects, rows, ingest reports
     features    checkpoints, feature chunks, throughput          jobs     background jobs
     runs        kNN graphs, selection runs, walk events          layouts  2-D map layouts
+    evaluations fine-tuning evaluations and their trained units
 """
 from core.store.connection import ROLES, StoreBusyError, StoreError, cache_problem, now
+from core.store.evaluations import EvaluationTables, EvalUnitResult
 from core.store.features import FeatureRowEntry, FeatureTables
 from core.store.jobs import Job, JobTables
 from core.store.layouts import LayoutTables
@@ -12,9 +14,9 @@ from core.store.rows import RowKey, RowTables, StoredRow, stage_rows_parquet
 from core.store.runs import RunTables
 
 
-class Store(RowTables, FeatureTables, JobTables, RunTables, LayoutTables):
+class Store(RowTables, FeatureTables, JobTables, RunTables, LayoutTables, EvaluationTables):
     """The cache catalogue: every table family's queries over one connection/lock protocol."""
 
 
-__all__ = ["ROLES", "FeatureRowEntry", "Job", "RowKey", "Store", "StoreBusyError", "StoredRow", "StoreError",
+__all__ = ["ROLES", "EvalUnitResult", "FeatureRowEntry", "Job", "RowKey", "Store", "StoreBusyError", "StoredRow", "StoreError",
            "cache_problem", "now", "stage_rows_parquet"]

@@ -104,15 +104,21 @@ CREATE TABLE IF NOT EXISTS map_layouts (
     n_points INTEGER, note VARCHAR, seconds DOUBLE, created TIMESTAMP);
 CREATE TABLE IF NOT EXISTS map_points (
     layout_key VARCHAR, point INTEGER, row_id VARCHAR, role VARCHAR, source VARCHAR, preview VARCHAR, x FLOAT, y FLOAT);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id VARCHAR PRIMARY KEY, project VARCHAR, params VARCHAR, arms VARCHAR, eval_rows VARCHAR, created TIMESTAMP);
+CREATE TABLE IF NOT EXISTS eval_units (
+    key VARCHAR PRIMARY KEY, kind VARCHAR, seed INTEGER, n_train INTEGER, heldout_loss DOUBLE, row_losses DOUBLE[],
+    correct INTEGER, checked INTEGER, curve DOUBLE[], seconds DOUBLE, adapter VARCHAR, created TIMESTAMP);
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
 """
 """The current schema (version ``SCHEMA_VERSION``), which a fresh catalogue gets.  Changing it means: bump
 ``SCHEMA_VERSION`` and append the migration from the previous version to ``MIGRATIONS``."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version this code writes and reads.  1: the catalogue before versions were recorded (no
 ``schema_info`` table); 2: ``schema_info`` added, the tables otherwise as in 1; 3: ``feature_errors.kind``
-('permanent' or 'retriable'; NULL, an error recorded before 3, counts as retriable)."""
+('permanent' or 'retriable'; NULL, an error recorded before 3, counts as retriable); 4: tables ``evaluations``
+and ``eval_units`` (fine-tuning evaluations), and the row role 'eval'."""
 
 
 def _add_schema_info(con: duckdb.DuckDBPyConnection) -> None:
@@ -123,6 +129,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None] | 
     (1, "record the schema version (table schema_info)", _add_schema_info),
     (2, "feature errors keep their kind (column feature_errors.kind)",
      "ALTER TABLE IF EXISTS feature_errors ADD COLUMN IF NOT EXISTS kind VARCHAR"),
+    (3, "evaluations by fine-tuning (new tables, created by the schema itself)", ""),
 )
 """The ordered migrations, one per version: ``(from_version, what it does, step)`` brings a catalogue from
 ``from_version`` to ``from_version + 1``; ``step`` is a function of the open connection or one SQL text (any
@@ -134,7 +141,7 @@ IF EXISTS jobs ADD COLUMN IF NOT EXISTS host VARCHAR"`` (``IF EXISTS``: a very o
 which ``SCHEMA`` then creates whole).  ``tests/test_store_schema.py`` checks that a migrated catalogue has
 exactly the tables and columns of a fresh one."""
 
-ROLES = ("pool", "targets")
+ROLES = ("pool", "targets", "eval")  # eval: rows that evaluate a selection by fine-tuning, never guide one
 INGEST_MEMORY_LIMIT = "128MB"  # DuckDB's memory while it inserts ingested rows (it spills beyond it)
 class _ProcessTurn:
     """Per database path and process: the thread lock, and how deeply the holding thread has re-entered."""
