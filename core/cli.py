@@ -49,8 +49,9 @@ from core.jobs import (
 from core.selection.export import EXPORT_FORMATS, export_selection
 from core.selection.g2is import G2ISParams
 from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG
-from core.selection.methods import DEFAULT_RATIO
+from core.selection.methods import DEFAULT_RATIO, METHODS
 from core.selection.runs import (
+    METHOD_ALIASES,
     FeaturesMissing,
     feature_index,
     load_project_features,
@@ -480,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
                            else "run G2IS and print its event stream (with --steps)")
         p.add_argument("--project", required=True)
         if name == "select":
-            p.add_argument("--method", required=True, choices=("g2is", "less", "tsds", "tsds-kde", "tsds-uniform", "random", "embedding"))
+            p.add_argument("--method", required=True, choices=(*METHODS, *METHOD_ALIASES))
         else:
             p.add_argument("--steps", action="store_true", help="print every event, one a line")
         size = p.add_mutually_exclusive_group(required=True)

@@ -441,3 +441,25 @@ def test_embedding_baseline_ranks_by_text_similarity():
     assert result.reasons[0].startswith("mean embedding cosine")
     with pytest.raises(ValueError, match="no target texts"):
         select("embedding", None, None, 2, pool_texts=pool_texts, target_texts=[])
+
+
+def test_round_robin_less_takes_each_targets_best_in_turn():
+    # Two targets, x and y.  Three pool rows are nearly pure x, two lean to y but share some x: the top-k by the
+    # mean cosine takes the two y-leaning rows first (they score on both targets); round robin alternates x's best
+    # and y's best.
+    pool = np.array([[1.0, 0.05, 0], [1.0, 0.1, 0], [1.0, 0.15, 0], [0.3, 1.0, 0], [0.4, 1.0, 0], [0, 0, 1.0]],
+                    np.float32)
+    targets = np.array([[1.0, 0, 0], [0, 1.0, 0]], np.float32)
+    top = select("less", pool, targets, 4)
+    assert top.rows == [4, 3, 2, 1]
+    turns = select("less-rr", pool, targets, 5)
+    assert turns.rows == [0, 3, 1, 4, 2]  # x's best, y's best, x's next, y's next, ...
+    assert turns.reasons[1].startswith("turn of target 1") and turns.params["per"] == "target"
+    # Per group: with both targets in one group there is one turn-taker, and the order is the group-mean top-k.
+    grouped = select("less-rr", pool, targets, 4, {"per": "group"}, target_groups=["g", "g"])
+    assert grouped.rows == top.rows
+    split = select("less-rr", pool, targets, 4, {"per": "group"}, target_groups=["a", "b"])
+    assert split.rows == [0, 3, 1, 4]
+    with pytest.raises(ValueError, match="per must be 'target' or 'group'"):
+        select("less-rr", pool, targets, 2, {"per": "row"})
+    assert select("less-rr", pool, targets, 99).rows == [0, 3, 1, 4, 2, 5]  # the budget is clipped to the pool

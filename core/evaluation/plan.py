@@ -36,8 +36,8 @@ from core.store import Store, StoredRow
 
 # Bump when a code change alters what a unit measures with unchanged inputs: every unit key changes.
 EVAL_CODE_VERSION = 1
-METHOD_LABELS = {"g2is": "G2IS", "less": "LESS", "tsds-kde": "TSDS", "tsds-ot": "TSDS (OT)", "embedding": "embedding",
-                 "random": "random"}
+METHOD_LABELS = {"g2is": "G2IS", "less": "LESS", "less-rr": "LESS round-robin", "tsds-kde": "TSDS",
+                 "tsds-uniform": "TSDS (uniform)", "embedding": "embedding", "random": "random"}
 # An "all pool rows" arm trains on every pool row per seed: offered only up to this many rows.
 ALL_POOL_MAX_ROWS = 2000
 

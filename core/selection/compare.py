@@ -32,9 +32,10 @@ from core.selection.runs import (
 )
 from core.store import Store
 
-COMPARE_METHODS: tuple[str, ...] = tuple(METHODS)  # g2is, less, tsds-uniform, tsds-kde, random, embedding
+COMPARE_METHODS: tuple[str, ...] = tuple(METHODS)  # g2is, less, less-rr, tsds-uniform, tsds-kde, random, embedding
 METHOD_TITLES = {
-    "g2is": "G2IS (gradient walk)", "less": "LESS (gradient cosine)", "tsds-kde": "TSDS KNN-KDE",
+    "g2is": "G2IS (gradient walk)", "less": "LESS (gradient cosine)", "less-rr": "LESS round-robin",
+    "tsds-kde": "TSDS KNN-KDE",
     "tsds-uniform": "TSDS KNN-Uniform", "random": "random", "embedding": "embedding (MiniLM text cosine)",
 }
 NO_SOURCE = "(no source)"
@@ -48,7 +49,7 @@ RECORDING_PARAMS = frozenset({"ratio", "record_candidates"})
 PARAM_SYMBOLS = {"delta": "δ"}
 # The parameters every caption of a method shows; any other parameter is shown only when it is not the default.
 HEADLINE_PARAMS: dict[str, tuple[str, ...]] = {
-    "g2is": ("delta", "val_k", "k"), "less": (), "tsds-uniform": ("alpha", "C"),
+    "g2is": ("delta", "val_k", "k"), "less": (), "less-rr": ("per",), "tsds-uniform": ("alpha", "C"),
     "tsds-kde": ("alpha", "C", "sigma"), "random": ("seed",), "embedding": (),
 }
 DEFAULTS_LABEL = "run with the defaults"
@@ -67,7 +68,7 @@ def default_params(method: str, index: FeatureIndex | None = None) -> dict:
     module, _, name = METHODS[method]  # imported lazily, so planning imports neither faiss nor sentence-transformers
     source = getattr(importlib.import_module(module), name)
     defaults = {f.name: f.default for f in fields(source)} if is_dataclass(source) else dict(source)
-    if method == "less" and index is not None and defaults.get("checkpoint_weights") is None:
+    if method in ("less", "less-rr") and index is not None and defaults.get("checkpoint_weights") is None:
         defaults["checkpoint_weights"] = list(index.checkpoint_weights)
     return defaults
 

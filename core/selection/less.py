@@ -109,6 +109,56 @@ def less_scores(
     return LessScores(scores, best.astype(np.int64), group_means, group_names, [float(w) for w in weights])
 
 
+ROUND_ROBIN_DEFAULTS = {"checkpoint_weights": None, "per": "target"}
+
+
+def weighted_cosines(pool_features, target_features, checkpoint_weights: Sequence[float] | None = None,
+                     pool_is_unit: bool = False) -> tuple[np.ndarray, list[float]]:
+    """[N, M] checkpoint-weighted cosines of every pool row to every target row, and the weights used."""
+    identity = [f"t{i}" for i in range(np.asarray(_as_checkpoints("target features", target_features)[0]).shape[0])]
+    scored = less_scores(pool_features, target_features, checkpoint_weights, identity, pool_is_unit=pool_is_unit)
+    return scored.group_means, scored.checkpoint_weights  # (each target its own group: its means are its cosines)
+
+
+def select_less_round_robin(pool_features, target_features, budget, params=None, *, target_groups=None,
+                            pool_is_unit: bool = False) -> SelectionResult:
+    """``select("less-rr", ...)``: round-robin LESS ("A Critical Look at Targeted Instruction Selection", 2026):
+    each target row in turn (``per="target"``), or each target group in turn (``per="group"``, LESS's group-mean
+    score), takes its best row not taken yet, until the budget is met.  Unlike the top-k, no target whose rows
+    score highest for every target crowds the others out; the paper found it strongest at small budgets."""
+    resolved = resolve_params(ROUND_ROBIN_DEFAULTS, params, "less-rr")
+    if resolved["per"] not in ("target", "group"):
+        raise ValueError(f"less-rr: per must be 'target' or 'group', not {resolved['per']!r}")
+    if resolved["per"] == "group":
+        scored = less_scores(pool_features, target_features, resolved["checkpoint_weights"], target_groups,
+                             pool_is_unit=pool_is_unit)
+        columns, names, weights = scored.group_means, scored.group_names, scored.checkpoint_weights
+    else:
+        columns, weights = weighted_cosines(pool_features, target_features, resolved["checkpoint_weights"], pool_is_unit)
+        names = [f"target {i}" for i in range(columns.shape[1])]
+    n = columns.shape[0]
+    budget, notes = clip_budget(n, budget)
+    # Each column's rows best first (stable: ties by the lower index), consumed with a cursor per column.
+    orders = np.argsort(-columns, axis=0, kind="stable")
+    cursors = np.zeros(columns.shape[1], dtype=np.int64)
+    taken = np.zeros(n, dtype=bool)
+    rows, scores, reasons = [], [], []
+    turn = 0
+    while len(rows) < budget:
+        column = turn % columns.shape[1]
+        turn += 1
+        while taken[orders[cursors[column], column]]:
+            cursors[column] += 1
+        row = int(orders[cursors[column], column])
+        taken[row] = True
+        rows.append(row)
+        scores.append(float(columns[row, column]))
+        reasons.append(f"turn of {names[column]}: its best remaining row, cosine {columns[row, column]:.2f}")
+    resolved["checkpoint_weights"] = weights
+    notes.append(f"round robin over {columns.shape[1]} {'target groups' if resolved['per'] == 'group' else 'target rows'}")
+    return SelectionResult("less-rr", resolved, rows, scores, reasons, notes, budget)
+
+
 def select_less(pool_features, target_features, budget, params=None, *, target_groups=None,
                 pool_is_unit: bool = False) -> SelectionResult:
     """``select("less", ...)``: the top ``budget`` rows by LESS score."""

@@ -9,6 +9,7 @@ Methods (``select(method, ...)``):
 
     g2is          gradient walk over the kNN gradient graph, per PCA component of the targets (core.selection.g2is)
     less          LESS matching: checkpoint-weighted cosine, mean per target group, max over groups (.less)
+    less-rr       round-robin LESS: each target row (or group) in turn takes its best row not yet taken (.less)
     tsds-uniform  TSDS KNN-Uniform: optimal-transport alignment with a uniform diversity regulariser (.tsds)
     tsds-kde      TSDS KNN-KDE: the same with kernel-density down-weighting of near-duplicates (.tsds)
     random        seeded permutation (.baselines)
@@ -48,6 +49,7 @@ class SelectionResult:
 METHODS: dict[str, tuple[str, str, str]] = {
     "g2is": ("core.selection.g2is", "select_g2is", "G2ISParams"),
     "less": ("core.selection.less", "select_less", "DEFAULTS"),
+    "less-rr": ("core.selection.less", "select_less_round_robin", "ROUND_ROBIN_DEFAULTS"),
     "tsds-uniform": ("core.selection.tsds", "select_tsds_uniform", "UNIFORM_DEFAULTS"),
     "tsds-kde": ("core.selection.tsds", "select_tsds_kde", "KDE_DEFAULTS"),
     "random": ("core.selection.baselines", "select_random", "RANDOM_DEFAULTS"),

@@ -329,7 +329,7 @@ def run_selection(store: Store, project: str, method: str, *, ratio: float | Non
             context["on_event"] = recorder
         if not record_events:
             params["record_candidates"] = False
-    elif method == "less":
+    elif method in ("less", "less-rr"):  # both weigh the warmup checkpoints and know the target groups
         pool, targets = features.pool_by_checkpoint, features.targets_by_checkpoint
         params.setdefault("checkpoint_weights", features.checkpoint_weights)
         context["target_groups"] = features.target_groups
