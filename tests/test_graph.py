@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.selection.graph import GradientGraph, build_graph, normalize_rows, to_networkx
+from core.selection.graph import GradientGraph, build_graph, normalize_rows, resolve_backend, to_networkx
 
 
 def brute_force(features: np.ndarray, k: int, k_neg: int):
@@ -149,6 +149,15 @@ def test_bad_arguments():
         build_graph(np.ones((3, 2), np.float32), backend="annoy")
     with pytest.raises(ValueError, match="non-empty"):
         build_graph(np.ones((0, 2), np.float32))
+
+
+def test_auto_backend_is_torch_at_every_size():
+    """``auto`` no longer switches to faiss above a row count (bench/graph_backends.py: torch faster and bounded
+    in memory at N=100,000 on CPU); faiss stays an explicit choice."""
+    assert resolve_backend("auto") == "torch"
+    assert resolve_backend("torch") == "torch" and resolve_backend("faiss") == "faiss"
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend("annoy")
 
 
 def test_to_networkx_weights_kinds_and_subsets():

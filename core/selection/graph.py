@@ -9,10 +9,19 @@ the explorer shows both.
 
 Two exact backends produce the same arrays:
 
-* ``torch``: blocked matrix products ``X[block] @ X.T`` then ``topk``; memory O(block x N), block sized from
-  ``memory_bytes``.  Runs on the GPU when one is present.
-* ``faiss``: ``IndexFlatIP`` (exact inner product; on unit rows that is cosine).  Chosen by ``backend="auto"``
-  for pools above ``faiss_threshold`` on CPU: its search keeps heaps instead of materialising score blocks.
+* ``torch``: blocked matrix products ``X[block] @ X.T`` then ``topk``; the unit matrix is shared, not copied (on
+  the CPU), and the working memory is O(block x N) with the block sized from ``memory_bytes`` (512 MiB: 447-row
+  blocks at N=100,000), so it stays bounded whatever D and up to ~45 million rows (a 1-row block).  Runs on the GPU when one is present.
+  ``backend="auto"`` always picks it, on the CPU as on the GPU.
+* ``faiss``: ``IndexFlatIP`` (exact inner product; on unit rows that is cosine), an explicit choice only.  It
+  copies the matrix into its index and searches a negated copy for the conflict lists: two more N x D float32
+  matrices (+6.1 GiB at 100,000 x 8,192).
+
+Why ``auto`` never switches to faiss (bench/graph_backends.py, bench/RESULTS.md section 4c; 2 shared CPU cores):
+at N=100,000 the two kernels interleaved on the same queries took faiss 1.7x (D=1,024) and 1.9x (D=8,192) as
+long as torch; whole 100,000 x 1,024 builds, run in both orders under a changing load, gave 0.67x and 1.41x wall
+and 1.1x and 1.4x CPU time, with the same graph; faiss's build added 0.93 GiB of RSS to torch's 0.41 GiB.  At
+20,000 x 8,192 faiss took 2.9x as long (section 4a).
 
 Determinism: every row's neighbours are sorted by descending similarity with ties broken by the lower index (the
 walk depends on this order).  A float32 matrix product can give two mathematically equal similarities values
@@ -34,10 +43,7 @@ import torch
 
 DEFAULT_K = 32
 DEFAULT_K_NEG = 8
-# Above this many rows (and without a GPU) ``backend="auto"`` uses faiss.  Both are exact; the threshold is about
-# memory (torch materialises a [block, N] score block per step) more than speed: on 2 CPU cores the two measured
-# within ~10% of each other at N=20,000 x 8192 (bench/selection.py).
-FAISS_THRESHOLD = 100_000
+BACKENDS = ("auto", "torch", "faiss")
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,6 +153,14 @@ def _finish_rows(
     return out_val, out_idx
 
 
+def resolve_backend(backend: str) -> str:
+    """The backend ``build_graph`` runs for ``backend``: ``"auto"`` is ``"torch"`` (on CPU and GPU alike, see the
+    module docstring), an explicit ``"torch"`` or ``"faiss"`` is kept.  For callers that record which one ran."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
+    return "torch" if backend == "auto" else backend
+
+
 def _pick_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -226,17 +240,16 @@ def build_graph(
     normalized: bool = False,
     device: str | torch.device | None = None,
     memory_bytes: int = 512 * 2**20,
-    faiss_threshold: int = FAISS_THRESHOLD,
     tie_tol: float = 1e-6,
 ) -> GradientGraph:
     """Exact cosine kNN graph of the rows of ``features`` [N, D].
 
     ``k`` and ``k_neg`` are clipped to N-1 (N=1 gives empty neighbour lists).  ``normalized=True`` says the rows
-    are already unit (or zero) so no normalised copy is made.  ``memory_bytes`` bounds the torch score block.
+    are already unit (or zero) so no normalised copy is made.  ``backend``: ``"auto"`` (torch, see
+    ``resolve_backend``), ``"torch"`` or ``"faiss"``.  ``memory_bytes`` bounds the torch score block.
     ``tie_tol``: first-pass similarities closer than this are re-scored exactly before the index tie rule applies.
     """
-    if backend not in ("auto", "torch", "faiss"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
+    backend = resolve_backend(backend)
     if k < 0 or k_neg < 0:
         raise ValueError(f"k and k_neg must be >= 0, got k={k}, k_neg={k_neg}")
     unit = np.ascontiguousarray(features, dtype=np.float32) if normalized else normalize_rows(features)
@@ -247,11 +260,8 @@ def build_graph(
     if k == 0 and k_neg == 0:
         empty_i, empty_f = np.empty((n, 0), np.int64), np.empty((n, 0), np.float32)
         return GradientGraph(empty_i, empty_f, empty_i.copy(), empty_f.copy(), 0)
-    torch_device = _pick_device(device)
-    if backend == "auto":
-        backend = "faiss" if (torch_device.type == "cpu" and n > faiss_threshold) else "torch"
     if backend == "torch":
-        arrays = _topk_torch(unit, k, k_neg, torch_device, memory_bytes, tie_tol)
+        arrays = _topk_torch(unit, k, k_neg, _pick_device(device), memory_bytes, tie_tol)
     else:
         arrays = _topk_faiss(unit, k, k_neg, tie_tol)
     return GradientGraph(*arrays, k=k)

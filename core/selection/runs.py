@@ -17,7 +17,7 @@ from core.config import stable_hash
 from core.data.projects import project_settings
 from core.features.featurize import learning_rate_weights, plan_features
 from core.jobs import ACTIVE
-from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG, FAISS_THRESHOLD, GradientGraph, build_graph, normalize_rows
+from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG, GradientGraph, build_graph, normalize_rows, resolve_backend
 from core.selection.methods import METHODS, SelectionResult, budget_from, select
 from core.store import Store
 
@@ -211,10 +211,7 @@ def project_graph(store: Store, features: ProjectFeatures, k: int = DEFAULT_K, k
         if arrays is not None:
             return GradientGraph(k=arrays["neighbors"].shape[1], **arrays), store.graph_info(key)
     started = time.perf_counter()
-    resolved = backend
-    if backend == "auto":
-
-        resolved = "faiss" if len(features.pool_ids) > FAISS_THRESHOLD else "torch"
+    resolved = resolve_backend(backend)  # (recorded with the graph)
     graph = build_graph(features.pool, k=k, k_neg=k_neg, backend=resolved, normalized=True)
     store.save_graph(key, features.feature_key, graph, resolved, time.perf_counter() - started)
     return graph, store.graph_info(key)
