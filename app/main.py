@@ -26,6 +26,7 @@ PAGE_SPECS = [
     ("graph.py", "Graph", ":material/hub:"),
     ("walk.py", "Walk", ":material/route:"),
     ("compare.py", "Compare", ":material/compare_arrows:"),
+    ("evaluate.py", "Evaluate", ":material/model_training:"),
     ("export.py", "Export", ":material/download:"),
 ]
 PAGES = [

@@ -20,6 +20,7 @@ from core.selection.compare import (
 )
 from core.selection.methods import DEFAULT_RATIO
 from core.views.compare import composition_figure, jaccard_figure
+from core.views.evaluate import run_evaluation_caption
 from core.views.text import markdown_text
 
 store, project = session.store(), session.project()
@@ -75,6 +76,9 @@ if any(pins.values()):
     plan = plan_comparison(store, project, methods, index=index, pinned=pins, **sizing)
 for method in plan.methods:
     rows[method][0].markdown(markdown_text(plan.caption(method)))
+    evaluated = run_evaluation_caption(store, plan.stored[method]["id"]) if method in plan.stored else None
+    if evaluated:  # the stored run was judged on the Evaluate page
+        rows[method][0].caption(markdown_text(evaluated))
 
 for method, message in st.session_state.pop("compare-failures", {}).items():
     st.error(f"{METHOD_TITLES.get(method, method)} failed: {markdown_text(message)}")

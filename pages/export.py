@@ -10,6 +10,7 @@ import streamlit as st
 from app import session
 from core.selection.compare import METHOD_TITLES
 from core.selection.export import EXPORT_FORMATS, export_selection
+from core.views.evaluate import run_evaluation_caption
 from core.views.text import markdown_code, markdown_text
 
 FORMAT_TITLES = {"messages": "chat messages", "alpaca": "Alpaca", "sharegpt": "ShareGPT"}
@@ -47,6 +48,9 @@ with st.expander("Run details", expanded=False):
                 f"{run['seconds'] or 0:.1f} s, feature set {markdown_code(run['feature_key'])}, "
                 f"run {markdown_code(run['id'])}.")
     st.json(run["params"])
+evaluated = run_evaluation_caption(store, run["id"])
+if evaluated:  # the run was judged on the Evaluate page
+    st.caption(markdown_text(evaluated))
 if run["notes"]:
     st.caption("Notes of the run (under-filled budgets, clipping, what the method decided):")
     st.text("\n".join(run["notes"]))

@@ -125,7 +125,7 @@ def _verdict(arm: ArmResult, random: ArmResult | None) -> str:
     arm.vs_random = (arm.mean - random.mean) / random.mean
     spread = 100 * arm.spread / arm.mean
     noise = max(arm.spread or 0.0, random.spread or 0.0)
-    within = " -- within the seeds' spread" if abs(arm.mean - random.mean) <= noise else ""
+    within = " (within the seeds' spread)" if abs(arm.mean - random.mean) <= noise else ""
     return f"{arm.label}: held-out loss {100 * arm.vs_random:+.1f} % vs random ({seeds}, spread ±{spread:.1f} %){within}"
 
 
