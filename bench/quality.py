@@ -13,10 +13,11 @@ Features are content-addressed, so the pool (and the warmup) is computed once fo
 run of this script reuses everything from its cache (``cache/bench-quality`` unless ``--cache``).  On 2 idle CPU
 cores the first run costs roughly one second per row (~10–15 minutes for the default 480 + 84 rows).
 
-Every method runs at the same budget; the table prints each method's on-domain share next to the random base rate
-(the on-domain share of the whole featurised pool), and the run ends with ``figure: NAME = VALUE`` lines.
+Every method (and G2IS under each hubness remedy, ``VARIANTS``) runs at the same budgets; one table per budget
+prints each variant's on-domain share next to the random base rate (the on-domain share of the whole featurised
+pool), then which variants meet issue 17's goal on every task and budget, and ``figure: NAME = VALUE`` lines.
 
-    python bench/quality.py [--per-source 60] [--ratio 0.05] [--cache DIR]
+    python bench/quality.py [--per-source 60] [--ratios 0.01,0.05] [--variants g2is-paper,less,...] [--cache DIR]
 
 Skips (exit 0, with a message) when ``../shared/data`` is absent.
 """
@@ -46,7 +47,24 @@ TARGET_SETS = {
     "mmlu": ("mmlu.jsonl", 32, "multiple-choice rows (lettered options), any source",
              lambda row_id, source, text: bool(MULTIPLE_CHOICE.search(text))),
 }
-METHODS = ["g2is", "less", "tsds-kde", "tsds-uniform", "embedding", "random"]
+# (label, method, params): every method, and G2IS under each hubness remedy of issue 17 alone and combined.
+# "g2is-paper" is the authors' Algorithm 1 on its inputs (cosine graph, PCA signs as sklearn returns them).
+VARIANTS = [
+    ("g2is-paper", "g2is", {}),
+    ("g2is+center", "g2is", {"center_pool": True}),
+    ("g2is+csls", "g2is", {"graph_rescale": "csls"}),
+    ("g2is+local", "g2is", {"graph_rescale": "local"}),
+    ("g2is+align", "g2is", {"align_signs": True}),
+    ("g2is+center+align", "g2is", {"center_pool": True, "align_signs": True}),
+    ("g2is+csls+align", "g2is", {"graph_rescale": "csls", "align_signs": True}),
+    ("g2is+all", "g2is", {"center_pool": True, "graph_rescale": "csls", "align_signs": True}),
+    ("less", "less", {}),
+    ("less-rr", "less-rr", {}),
+    ("tsds-kde", "tsds-kde", {}),
+    ("tsds-uniform", "tsds-uniform", {}),
+    ("embedding", "embedding", {}),
+    ("random", "random", {}),
+]
 
 
 def sample_jsonl(path: Path, count: int | None, seed: int) -> list[str]:
@@ -79,7 +97,8 @@ def write_inputs(work: Path, per_source: int, seed: int) -> tuple[Path, dict[str
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-source", type=int, default=60, help="pool rows sampled from each source file")
-    parser.add_argument("--ratio", type=float, default=0.05, help="budget as a fraction of the featurised pool")
+    parser.add_argument("--ratios", default="0.01,0.05", help="budgets as fractions of the featurised pool (one table each)")
+    parser.add_argument("--variants", help="comma-separated variant labels (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=REPO / "cache" / "bench-quality")
     args = parser.parse_args()
@@ -107,29 +126,43 @@ def main() -> int:
         run_features(store, project, settings, log=lambda text: print(f"  [{project}] {text}", flush=True))
         print(f"{project}: features ready in {time.perf_counter() - started:.0f} s")
 
+    ratios = [float(r) for r in args.ratios.split(",")]
+    variants = [v for v in VARIANTS if not args.variants or v[0] in args.variants.split(",")]
     print(f"\npool: {args.per_source} rows per source file from {SHARED_DATA / 'pool'} (seed {args.seed}); "
-          f"budget ratio {args.ratio}")
+          f"budget ratios {ratios}")
+    tasks = {}
     for name, (_, _, rule_text, rule) in TARGET_SETS.items():
-        project = f"quality-{name}"
-        features = load_project_features(store, project)
-        texts = features.pool_texts
+        features = load_project_features(store, f"quality-{name}")
         on_domain = [rule(row_id, source, text) for row_id, source, text
-                     in zip(features.pool_ids, features.pool_sources, texts)]
-        base_rate = sum(on_domain) / len(on_domain)
-        print(f"\n{name}: {len(features.target_ids)} targets, {len(features.pool_ids)} featurised pool rows; "
-              f"on-domain = {rule_text}: {sum(on_domain)} rows, base rate {base_rate:.3f}")
-        print(f"  {'method':<14}{'picks':>6}{'on-domain':>11}{'x base':>8}  sources of the picks")
-        figures[f"{name}_base_rate"] = base_rate
-        for method in METHODS:
-            started = time.perf_counter()
-            run = run_selection(store, project, method, ratio=args.ratio, features=features, record_events=False)
-            seconds = time.perf_counter() - started
-            rows = run.result.rows
-            share = sum(on_domain[r] for r in rows) / max(1, len(rows))
-            sources = Counter(features.pool_sources[r] for r in rows).most_common(4)
-            print(f"  {method:<14}{len(rows):>6}{share:>11.3f}{share / base_rate if base_rate else float('nan'):>8.2f}  "
-                  + ", ".join(f"{s} {c}" for s, c in sources) + f"  ({seconds:.1f} s)")
-            figures[f"{name}_{method.replace('-', '_')}_on_domain"] = share
+                     in zip(features.pool_ids, features.pool_sources, features.pool_texts)]
+        tasks[name] = (features, on_domain, sum(on_domain) / len(on_domain), rule_text)
+        figures[f"{name}_base_rate"] = tasks[name][2]
+    shares: dict[tuple[str, float], dict[str, float]] = {}
+    for ratio in ratios:
+        print(f"\n=== budget {ratio:.0%} of the pool ===")
+        for name, (features, on_domain, base_rate, rule_text) in tasks.items():
+            print(f"\n{name}: {len(features.target_ids)} targets, {len(features.pool_ids)} featurised pool rows; "
+                  f"on-domain = {rule_text}: {sum(on_domain)} rows, base rate {base_rate:.3f}")
+            print(f"  {'variant':<20}{'picks':>6}{'on-domain':>11}{'x base':>8}  sources of the picks")
+            for label, method, params in variants:
+                started = time.perf_counter()
+                run = run_selection(store, f"quality-{name}", method, ratio=ratio, params=params, features=features,
+                                    record_events=False)
+                seconds = time.perf_counter() - started
+                rows = run.result.rows
+                share = sum(on_domain[r] for r in rows) / max(1, len(rows))
+                sources = Counter(features.pool_sources[r] for r in rows).most_common(4)
+                print(f"  {label:<20}{len(rows):>6}{share:>11.3f}{share / base_rate if base_rate else float('nan'):>8.2f}  "
+                      + ", ".join(f"{s} {c}" for s, c in sources) + f"  ({seconds:.1f} s)")
+                shares.setdefault((name, ratio), {})[label] = share
+                figures[f"{name}_{ratio:g}_{label.replace('-', '_').replace('+', '_')}_on_domain"] = share
+    # The goal of issue 17, checked for every variant: on every task and budget, on-domain share >= LESS's and
+    # >= 2x the base rate.
+    print("\nvariants meeting the goal (share >= LESS and >= 2x base rate) on every task and budget:")
+    for label, _, _ in variants:
+        met = [(name, ratio) for (name, ratio), row in shares.items()
+               if row[label] >= row.get("less", 0.0) and row[label] >= 2 * tasks[name][2]]
+        print(f"  {label:<20} {len(met)} of {len(shares)}" + ("  <- all" if len(met) == len(shares) else ""))
     print()
     for figure, value in figures.items():
         print(f"figure: {figure} = {value:.4f}")

@@ -4,7 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.selection.graph import GradientGraph, build_graph, normalize_rows, resolve_backend, to_networkx
+from core.selection.graph import (
+    GradientGraph,
+    build_graph,
+    normalize_rows,
+    rescaled_neighbors,
+    resolve_backend,
+    to_networkx,
+)
 
 
 def brute_force(features: np.ndarray, k: int, k_neg: int):
@@ -181,3 +188,50 @@ def test_to_networkx_weights_kinds_and_subsets():
 def test_graph_dataclass_fields():
     graph = build_graph(np.eye(4, dtype=np.float32), k=2, k_neg=1)
     assert isinstance(graph, GradientGraph) and graph.n_nodes == 4 and graph.k_neg == 1
+
+
+def hub_pool(n: int = 400, dim: int = 64, seed: int = 0) -> np.ndarray:
+    """Random rows sharing a strong common direction of varying weight: the rows with the largest share of it are
+    near everyone (hubs), as in the gradient features of issue 17."""
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(n, dim)).astype(np.float32)
+    rows[:, 0] += rng.gamma(1.0, 2.0, size=n).astype(np.float32)
+    return rows
+
+
+@pytest.mark.parametrize("rescale", ["csls", "local"])
+def test_rescaled_graphs_cut_the_hubs(rescale):
+    rows = hub_pool()
+    plain = build_graph(rows, k=10)
+    fixed = build_graph(rows, k=10, rescale=rescale)
+    plain_in = np.bincount(plain.neighbors.ravel(), minlength=len(rows))
+    fixed_in = np.bincount(fixed.neighbors.ravel(), minlength=len(rows))
+    assert plain_in.max() > 60 and fixed_in.max() < plain_in.max() / 2, (plain_in.max(), fixed_in.max())
+    assert fixed.neighbors.shape == (len(rows), 10) and not (fixed.neighbors == np.arange(len(rows))[:, None]).any()
+    assert all(len(set(row)) == 10 for row in fixed.neighbors)
+    # The kept neighbours come from each row's 4k nearest, and their listed similarity is their cosine.
+    unit = normalize_rows(rows)
+    cosines = unit @ unit.T
+    for i in (0, 17, 399):
+        nearest = set(np.argsort(-np.where(np.arange(len(rows)) == i, -np.inf, cosines[i]), kind="stable")[:40])
+        assert set(fixed.neighbors[i]) <= nearest
+        assert np.allclose(fixed.similarities[i], cosines[i, fixed.neighbors[i]], atol=1e-5)
+    assert np.array_equal(fixed.conflicts, plain.conflicts)  # conflict edges are not rescaled
+
+
+def test_csls_ranks_by_the_penalised_score():
+    # Row 0's two candidates have the same cosine; the one that is close to everything (a hub) loses the tie.
+    cands = np.array([[1, 2], [0, 2], [0, 1]])
+    cosines = np.array([[0.5, 0.5], [0.9, 0.5], [0.9, 0.5]], np.float32)
+    neighbors, similarities = rescaled_neighbors(cands, cosines, 1, "csls")
+    # r = mean cosine of each row's nearest 1: r0 = 0.5, r1 = 0.9, r2 = 0.9 -> row 0: both candidates have r 0.9,
+    # so the tie goes to the lower index; row 1: 2*0.9 - 0.9 - r0 = 0.4 vs 2*0.5 - 0.9 - r2 = -0.8 -> row 0.
+    assert neighbors[:, 0].tolist() == [1, 0, 0]
+    cosines[0] = [0.5, 0.49]
+    cands[0] = [1, 2]
+    r_hub = np.array([0.5, 0.9, 0.1], np.float32)  # make row 2 a non-hub: its own nearest cosine is small
+    cosines[2] = [0.1, 0.05]
+    neighbors, _ = rescaled_neighbors(cands, cosines, 1, "csls")
+    assert neighbors[0, 0] == 2, r_hub  # 2*0.49 - r(2)=0.1 beats 2*0.5 - r(1)=0.9
+    with pytest.raises(ValueError, match="rescale must be one of"):
+        build_graph(hub_pool(20, 8), k=3, rescale="mutual")

@@ -463,3 +463,38 @@ def test_round_robin_less_takes_each_targets_best_in_turn():
     with pytest.raises(ValueError, match="per must be 'target' or 'group'"):
         select("less-rr", pool, targets, 2, {"per": "row"})
     assert select("less-rr", pool, targets, 99).rows == [0, 3, 1, 4, 2, 5]  # the budget is clipped to the pool
+
+
+def test_align_signs_points_every_component_towards_the_targets():
+    rng = np.random.default_rng(5)
+    targets = rng.normal(size=(12, 16)) + np.r_[3.0, np.zeros(15)]  # a mean target gradient along +x
+    plain = core_knowledge(targets, n_components=5)
+    aligned = core_knowledge(targets, n_components=5, align_signs=True)
+    mean = targets.mean(axis=0)
+    dots = plain.components @ mean
+    assert (aligned.components @ mean >= 0).all()
+    assert np.allclose(aligned.components, plain.components * np.sign(dots)[:, None])  # only signs change
+    assert np.array_equal(aligned.weights, plain.weights)
+    # With the signs flipped, the signed ranking follows: the anchor of a flipped component changes side.
+    flipped = int(np.flatnonzero(dots < 0)[0]) if (dots < 0).any() else None
+    if flipped is not None:
+        pool = rng.normal(size=(50, 16)).astype(np.float32)
+        unit = normalize_rows(pool)
+        assert np.argmax(unit @ aligned.components[flipped]) == np.argmin(unit @ plain.components[flipped])
+
+
+def test_centred_pool_walks_on_mean_removed_rows():
+    from core.selection.g2is import centred_rows
+
+    rng = np.random.default_rng(2)
+    pool = (rng.normal(size=(40, 8)) + 5.0).astype(np.float32)  # a large shared direction
+    unit = normalize_rows(pool)
+    centred = centred_rows(unit)
+    assert np.allclose(np.linalg.norm(centred, axis=1), 1, atol=1e-5)
+    assert np.allclose(centred, normalize_rows(unit - unit.mean(axis=0)), atol=1e-6)
+    plan = prepare_walk(pool, pool[:4] + rng.normal(size=(4, 8)).astype(np.float32), 6,
+                        G2ISParams(center_pool=True, k=5, n_components=2))
+    assert np.allclose(plan.train, centred, atol=1e-6)  # graph, scores and checks all see the centred rows
+    assert plan.graph.k == 5
+    with pytest.raises(ValueError, match="graph_rescale must be one of"):
+        G2ISParams(graph_rescale="mutual")

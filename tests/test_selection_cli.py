@@ -181,3 +181,18 @@ def test_project_features_are_normalised_once_and_every_method_picks_as_on_raw_f
         assert on_unit.rows == on_raw.rows and np.allclose(on_unit.scores, on_raw.scores), method
     with pytest.raises(ValueError, match="needs the raw pool features"):
         select("tsds-kde", features.pool, features.targets, 10, {"normalize": False}, pool_is_unit=True)
+
+
+def test_a_remedy_walks_a_graph_of_its_own_geometry(project_with_features, capsys):
+    project = project_with_features
+    assert main(["graph", "--project", project, "--k", "8"]) == 0  # a stored cosine graph the plain walk would use
+    capsys.readouterr()
+    assert main(["select", "--project", project, "--method", "g2is", "--budget", "6", "--k", "8",
+                 "--param", "center_pool=true", "--param", 'graph_rescale="csls"', "--json"]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run"]
+    store = Store()
+    run = store.selection_run(run_id)
+    assert run["params"]["center_pool"] is True and run["params"]["graph_rescale"] == "csls"
+    assert run["params"]["align_signs"] is False  # every remedy is recorded, on or off
+    geometries = sorted(info["geometry"] for info in store.graphs(run["feature_key"]))
+    assert geometries == ["centred+csls", "cosine"]

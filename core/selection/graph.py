@@ -44,6 +44,13 @@ import torch
 DEFAULT_K = 32
 DEFAULT_K_NEG = 8
 BACKENDS = ("auto", "torch", "faiss")
+# Hubness remedies (issue 17): how each row's neighbours are ranked.  "none": by cosine (the paper's kNN).  "csls":
+# by CSLS (Conneau et al. 2018), 2 cos(x, y) - r(x) - r(y) with r the mean cosine of a row's k nearest neighbours:
+# a hub, close to everything, has a large r and drops down everyone's list.  "local": by local scaling (Zelnik-
+# Manor & Perona 2004) of the cosine distance d, exp(-d^2 / (s(x) s(y))) with s the distance to the k-th
+# neighbour.  Both re-rank the ``RESCALE_CANDIDATES`` x k nearest candidates by cosine (a hub outside them is far).
+RESCALE_MODES = ("none", "csls", "local")
+RESCALE_CANDIDATES = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,8 +248,12 @@ def build_graph(
     device: str | torch.device | None = None,
     memory_bytes: int = 512 * 2**20,
     tie_tol: float = 1e-6,
+    rescale: str = "none",
 ) -> GradientGraph:
     """Exact cosine kNN graph of the rows of ``features`` [N, D].
+
+    ``rescale`` ("none", "csls", "local"; see ``RESCALE_MODES``) re-ranks each row's nearest candidates to reduce
+    hubness; ``similarities`` still hold the cosines of the neighbours kept, listed in the rescaled order.
 
     ``k`` and ``k_neg`` are clipped to N-1 (N=1 gives empty neighbour lists).  ``normalized=True`` says the rows
     are already unit (or zero) so no normalised copy is made.  ``backend``: ``"auto"`` (torch, see
@@ -260,11 +271,33 @@ def build_graph(
     if k == 0 and k_neg == 0:
         empty_i, empty_f = np.empty((n, 0), np.int64), np.empty((n, 0), np.float32)
         return GradientGraph(empty_i, empty_f, empty_i.copy(), empty_f.copy(), 0)
+    if rescale not in RESCALE_MODES:
+        raise ValueError(f"rescale must be one of {RESCALE_MODES}, got {rescale!r}")
+    wide = k if rescale == "none" else min(n - 1, RESCALE_CANDIDATES * k)
     if backend == "torch":
-        arrays = _topk_torch(unit, k, k_neg, _pick_device(device), memory_bytes, tie_tol)
+        arrays = _topk_torch(unit, wide, k_neg, _pick_device(device), memory_bytes, tie_tol)
     else:
-        arrays = _topk_faiss(unit, k, k_neg, tie_tol)
+        arrays = _topk_faiss(unit, wide, k_neg, tie_tol)
+    if rescale != "none":
+        arrays = (*rescaled_neighbors(arrays[0], arrays[1], k, rescale), arrays[2], arrays[3])
     return GradientGraph(*arrays, k=k)
+
+
+def rescaled_neighbors(candidates: np.ndarray, cosines: np.ndarray, k: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` best neighbours among its ``candidates`` (descending ``cosines``, [N, C], C >= k) by the
+    hubness-reducing score of ``mode`` ("csls" or "local"; see ``RESCALE_MODES``); ties by the lower index.
+    Returns (neighbours [N, k], their cosines)."""
+    cosines64 = cosines.astype(np.float64)
+    if mode == "csls":
+        r = cosines64[:, :k].mean(axis=1)  # mean cosine of each row's k nearest neighbours
+        score = 2 * cosines64 - r[:, None] - r[candidates]
+    else:
+        distance = 1.0 - cosines64
+        scale = np.maximum(distance[:, k - 1], 1e-12)  # distance to the k-th nearest neighbour
+        score = np.exp(-np.square(distance) / (scale[:, None] * scale[candidates]))
+    # Best score first; equal scores by the lower row index (lexsort: last key is the primary one).
+    order = np.lexsort((candidates, -score), axis=1)[:, :k]
+    return np.take_along_axis(candidates, order, 1), np.take_along_axis(cosines, order, 1)
 
 
 def to_networkx(graph: GradientGraph, nodes=None, *, directed: bool = False, include_conflicts: bool = True):

@@ -17,6 +17,7 @@ from core.config import stable_hash
 from core.data.projects import project_settings
 from core.features.featurize import learning_rate_weights, plan_features
 from core.jobs import ACTIVE
+from core.selection.g2is import G2ISParams, centred_rows
 from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG, GradientGraph, build_graph, normalize_rows, resolve_backend
 from core.selection.methods import METHODS, SelectionResult, budget_from, select
 from core.store import Store
@@ -197,23 +198,35 @@ def load_project_features(store: Store, project: str, index: FeatureIndex | None
     )
 
 
-def graph_key(features: ProjectFeatures, k: int, k_neg: int) -> str:
-    return stable_hash(["graph", features.feature_key, k, k_neg])
+def graph_geometry(center: bool = False, rescale: str = "none") -> str:
+    """How a graph's neighbours are ranked, as stored with it: "cosine" (the paper's), or the hubness remedies
+    applied, e.g. "centred+csls" (``G2ISParams.center_pool``, ``graph_rescale``)."""
+    parts = (["centred"] if center else []) + ([rescale] if rescale != "none" else [])
+    return "+".join(parts) or "cosine"
+
+
+def graph_key(features: ProjectFeatures, k: int, k_neg: int, geometry: str = "cosine") -> str:
+    # (the cosine graph keeps the key it had before geometries existed)
+    return stable_hash(["graph", features.feature_key, k, k_neg] + ([geometry] if geometry != "cosine" else []))
 
 
 def project_graph(store: Store, features: ProjectFeatures, k: int = DEFAULT_K, k_neg: int = DEFAULT_K_NEG,
-                  backend: str = "auto", rebuild: bool = False, key: str | None = None) -> tuple[GradientGraph, dict]:
-    """The project's kNN gradient graph for ``k``: from the store, or built now and stored.  ``key`` names a stored
-    graph of these features directly (``stored_graph_choice``), whatever its k."""
-    key = key or graph_key(features, k, k_neg)
+                  backend: str = "auto", rebuild: bool = False, key: str | None = None, center: bool = False,
+                  rescale: str = "none") -> tuple[GradientGraph, dict]:
+    """The project's kNN gradient graph for ``k`` (and a hubness remedy: ``center``, ``rescale``): from the store,
+    or built now and stored.  ``key`` names a stored graph of these features directly (``stored_graph_choice``),
+    whatever its k."""
+    geometry = graph_geometry(center, rescale)
+    key = key or graph_key(features, k, k_neg, geometry)
     if not rebuild:
         arrays = store.load_graph(key)
         if arrays is not None:
             return GradientGraph(k=arrays["neighbors"].shape[1], **arrays), store.graph_info(key)
     started = time.perf_counter()
     resolved = resolve_backend(backend)  # (recorded with the graph)
-    graph = build_graph(features.pool, k=k, k_neg=k_neg, backend=resolved, normalized=True)
-    store.save_graph(key, features.feature_key, graph, resolved, time.perf_counter() - started)
+    rows = centred_rows(features.pool) if center else features.pool
+    graph = build_graph(rows, k=k, k_neg=k_neg, backend=resolved, normalized=True, rescale=rescale)
+    store.save_graph(key, features.feature_key, graph, resolved, time.perf_counter() - started, geometry)
     return graph, store.graph_info(key)
 
 
@@ -221,8 +234,9 @@ def stored_graph_choice(store: Store, feature_key: str) -> tuple[str | None, str
     """The graph a G2IS selection walks when the user names no k, and a sentence saying which.
 
     The project's stored graph when there is exactly one for these features (``graph --k 16`` then ``select`` walks
-    that graph); otherwise ``None``: the default graph (k=DEFAULT_K), built now unless stored."""
-    stored = store.graphs(feature_key)
+    that graph); otherwise ``None``: the default graph (k=DEFAULT_K), built now unless stored.  Only cosine graphs
+    are chosen: a walk with a hubness remedy walks the graph of its own geometry."""
+    stored = [info for info in store.graphs(feature_key) if info["geometry"] == "cosine"]
     if len(stored) == 1:
         info = stored[0]
         return info["key"], (f"walking the stored graph {info['key']} (k={info['k']}, {info['k_conflict']} conflict "
@@ -318,7 +332,11 @@ def run_selection(store: Store, project: str, method: str, *, ratio: float | Non
         graph_k = int(params.get("k", k))
         params["k"] = graph_k
         if params.get("use_graph", True):
-            context["graph"], info = project_graph(store, features, k=graph_k, key=graph)
+            remedies = G2ISParams.from_dict(params)  # (the defaults, unless the run asks for a remedy)
+            if graph_geometry(remedies.center_pool, remedies.graph_rescale) != "cosine":
+                graph = None  # (a stored graph the user chose is a cosine one: the remedy walks its own)
+            context["graph"], info = project_graph(store, features, k=graph_k, key=graph,
+                                                   center=remedies.center_pool, rescale=remedies.graph_rescale)
             if graph is not None:  # the stored graph's own degree, which the run records
                 params["k"] = int(info["k"])
         if record_events or on_event is not None:

@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created TIMESTAMP, started TIMESTAMP, updated TIMESTAMP, finished TIMESTAMP);
 CREATE TABLE IF NOT EXISTS graphs (
     key VARCHAR PRIMARY KEY, feature_key VARCHAR, k INTEGER, k_conflict INTEGER, n_rows INTEGER, backend VARCHAR,
-    seconds DOUBLE, created TIMESTAMP);
+    seconds DOUBLE, created TIMESTAMP, geometry VARCHAR);
 CREATE TABLE IF NOT EXISTS graph_nodes (
     graph_key VARCHAR, node INTEGER, neighbors INTEGER[], similarities FLOAT[], conflicts INTEGER[],
     conflict_similarities FLOAT[]);
@@ -118,7 +118,8 @@ SCHEMA_VERSION = 4
 """The schema version this code writes and reads.  1: the catalogue before versions were recorded (no
 ``schema_info`` table); 2: ``schema_info`` added, the tables otherwise as in 1; 3: ``feature_errors.kind``
 ('permanent' or 'retriable'; NULL, an error recorded before 3, counts as retriable); 4: tables ``evaluations``
-and ``eval_units`` (fine-tuning evaluations), and the row role 'eval'."""
+and ``eval_units`` (fine-tuning evaluations), the row role 'eval', and ``graphs.geometry`` (how the neighbours
+were ranked: 'cosine', or a hubness remedy such as 'centred+csls'; NULL, a graph stored before 4, is 'cosine')."""
 
 
 def _add_schema_info(con: duckdb.DuckDBPyConnection) -> None:
@@ -129,7 +130,8 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None] | 
     (1, "record the schema version (table schema_info)", _add_schema_info),
     (2, "feature errors keep their kind (column feature_errors.kind)",
      "ALTER TABLE IF EXISTS feature_errors ADD COLUMN IF NOT EXISTS kind VARCHAR"),
-    (3, "evaluations by fine-tuning (new tables, created by the schema itself)", ""),
+    (3, "evaluations by fine-tuning (new tables, created by the schema itself); graphs record their geometry",
+     "ALTER TABLE IF EXISTS graphs ADD COLUMN IF NOT EXISTS geometry VARCHAR"),
 )
 """The ordered migrations, one per version: ``(from_version, what it does, step)`` brings a catalogue from
 ``from_version`` to ``from_version + 1``; ``step`` is a function of the open connection or one SQL text (any

@@ -17,7 +17,7 @@ class RunTables(Connection):
 
     # ------------------------------------------------------------------------------------ graphs
 
-    def save_graph(self, key: str, feature_key: str, graph, backend: str, seconds: float) -> None:
+    def save_graph(self, key: str, feature_key: str, graph, backend: str, seconds: float, geometry: str = "cosine") -> None:
         """Store a kNN gradient graph (rows of neighbour indices by descending similarity) under its key.
 
         The graph lives in DuckDB itself: one row per node with list columns, written from Arrow in one insert
@@ -32,23 +32,25 @@ class RunTables(Connection):
         with self._transaction() as con:
             con.execute("DELETE FROM graph_nodes WHERE graph_key = ?", [key])
             con.execute("DELETE FROM graphs WHERE key = ?", [key])
-            con.execute("INSERT INTO graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [key, feature_key, graph.k, graph.conflicts.shape[1], len(graph.neighbors), backend, seconds, now()])
+            con.execute("INSERT INTO graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [key, feature_key, graph.k, graph.conflicts.shape[1], len(graph.neighbors), backend, seconds, now(),
+                         geometry])
             con.register("staged_graph", table)
             con.execute("INSERT INTO graph_nodes SELECT ?, node, neighbors, similarities, conflicts, conflict_similarities "
                         "FROM staged_graph", [key])
 
     def graph_info(self, key: str) -> dict | None:
         with self._connect() as con:
-            row = con.execute(f"SELECT {', '.join(self._GRAPH_COLUMNS)} FROM graphs WHERE key = ?", [key]).fetchone()
+            row = con.execute(f"SELECT {self._GRAPH_SELECT} FROM graphs WHERE key = ?", [key]).fetchone()
         return dict(zip(self._GRAPH_COLUMNS, row)) if row else None
 
-    _GRAPH_COLUMNS = ("key", "feature_key", "k", "k_conflict", "n_rows", "backend", "seconds", "created")
+    _GRAPH_COLUMNS = ("key", "feature_key", "k", "k_conflict", "n_rows", "backend", "seconds", "created", "geometry")
+    _GRAPH_SELECT = ", ".join(_GRAPH_COLUMNS[:-1]) + ", coalesce(geometry, 'cosine')"  # (NULL: stored before schema 4)
 
     def graphs(self, feature_key: str) -> list[dict]:
         """Every stored graph of a feature set (``graph_info`` of each), newest first."""
         with self._connect() as con:
-            rows = con.execute(f"SELECT {', '.join(self._GRAPH_COLUMNS)} FROM graphs WHERE feature_key = ? "
+            rows = con.execute(f"SELECT {self._GRAPH_SELECT} FROM graphs WHERE feature_key = ? "
                                "ORDER BY created DESC", [feature_key]).fetchall()
         return [dict(zip(self._GRAPH_COLUMNS, row)) for row in rows]
 
