@@ -47,7 +47,7 @@ from core.jobs import (
     view,
 )
 from core.selection.export import EXPORT_FORMATS, export_selection
-from core.selection.g2is import G2ISParams
+from core.selection.g2is import G2IS_METHODS, G2ISParams
 from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG
 from core.selection.methods import DEFAULT_RATIO, METHODS
 from core.selection.runs import (
@@ -254,7 +254,38 @@ def cmd_graph(args) -> int:
     took = time.perf_counter() - started
     negative = int((graph.conflict_similarities < 0).sum())
     print(f"graph {info['key']}: {graph.n_nodes} nodes, k={graph.k} neighbours each (built with {info['backend']} "
-          f"in {info['seconds']:.2f} s; this call {took:.2f} s), {negative} conflict edges (negative cosine)")
+          f"in {info['seconds']:.2f} s; this call {took:.2f} s), {negative} conflict edges (negative cosine)",
+          file=sys.stderr if args.json else sys.stdout)
+    if not (args.stats or args.json):
+        return 0
+    from core.selection.hubness import hubness_stats
+    from core.views.graph import hub_table, purity_table
+
+    stats = hubness_stats(graph.neighbors, features.pool_sources)
+    hubs = hub_table(stats, features.pool_ids, features.pool_texts, features.pool_sources, preview_chars=60)
+    purity = purity_table(stats)
+    if args.json:
+        print(json.dumps({"graph": info["key"], "n": stats.n, "k": stats.k, "level": stats.level,
+                          "verdict": stats.verdict(), "skewness": stats.skewness, "max_in_degree": stats.max_in_degree,
+                          "top_percent_rows": stats.top_percent_rows, "top_percent_share": stats.top_percent_share,
+                          "top_ten_share": stats.top_ten_share, "anti_hub_share": stats.anti_hub_share,
+                          "hubs": hubs, "purity_by_source": purity}))
+        return 0
+    print(f"hubness: {stats.verdict()}")
+    print(f"in-degree skewness {stats.skewness:.3f}; max in-degree {stats.max_in_degree} (k={stats.k}); "
+          f"neighbour slots held by the top 1% of rows ({stats.top_percent_rows}): {stats.top_percent_share:.1%}, "
+          f"by the top 10: {stats.top_ten_share:.1%}; nobody's neighbour: {stats.anti_hub_share:.1%} of rows")
+    print(f"top {len(hubs)} hubs:")
+    print(f"  {'id':<28} {'source':<20} {'in-degree':>9}  text")
+    for hub in hubs:
+        print(f"  {hub['id']:<28} {hub['source']:<20} {hub['in-degree']:>9}  {hub['text']}")
+    if purity:
+        print("neighbour purity by source (own-source share of a row's neighbours, vs the source's pool share):")
+        print(f"  {'source':<20} {'rows':>6} {'pool share':>10} {'own-source':>10} {'mean in-degree':>14}")
+        for row in purity:
+            own = "-" if row["own-source neighbours (%)"] is None else f"{row['own-source neighbours (%)']:.1f}%"
+            print(f"  {row['source'] or '(no source)':<20} {row['rows']:>6} {row['pool share (%)']:>9.1f}% "
+                  f"{own:>10} {row['mean in-degree']:>14.1f}")
     return 0
 
 
@@ -286,7 +317,7 @@ def cmd_select(args, walk: bool = False) -> int:
     method = "g2is" if walk else args.method
     params = _method_params(args)
     graph = None
-    if method == "g2is" and params.get("use_graph", True):
+    if method in G2IS_METHODS and params.get("use_graph", True):
         if args.k is not None:
             params["k"] = args.k
         else:  # the graph the user built with `graph --k ...`, when it is the only one
@@ -473,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"most negative neighbours kept per row (default {DEFAULT_K_NEG})")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--allow-partial", action="store_true", help=ALLOW_PARTIAL_HELP)
+    p.add_argument("--stats", action="store_true",
+                   help="diagnose hubness: in-degree skewness, the top hubs with their text, neighbour purity by source")
+    p.add_argument("--json", action="store_true", help="the --stats numbers as one JSON object (implies --stats)")
     p.set_defaults(func=cmd_graph)
 
 

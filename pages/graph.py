@@ -1,6 +1,7 @@
 """Graph page: the stored kNN gradient graph around a chosen row or a stored selection, drawn with pyvis
 (positions from the gradient map, physics off, similarity and conflict edges styled apart), with a networkx
-summary.  A thin view over ``core.views.graph``; the graph is built once per feature set and read back after."""
+summary, under a hubness verdict on the whole graph (in-degrees, hubs, neighbour purity by source).  A thin view
+over ``core.views.graph``; the graph is built once per feature set and read back after."""
 from __future__ import annotations
 
 import shlex
@@ -21,6 +22,12 @@ index = session.features_or_stop(project, "The graph")
 @st.cache_resource(show_spinner="Loading the stored graph...", max_entries=4)
 def cached_graph(_store, root: str, key: str) -> graph_view.StoredGraph | None:
     return graph_view.load_stored_graph(_store, key)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def cached_hubness(_store, root: str, key: str, project: str, rows_version: tuple, _graph, _pool_ids):
+    # A stored graph never changes under its key; the sources come from the rows, whose version is in the key too.
+    return graph_view.stored_hubness(_store, project, _pool_ids, _graph)
 
 
 key = graph_view.latest_graph_key(store, index)
@@ -46,6 +53,24 @@ if stored is None:
 graph = stored.graph
 st.caption(f"kNN graph over {graph.n_nodes:,} pool rows: k={graph.k} similar and {graph.k_neg} conflict "
            f"neighbours per row ({stored.info['backend']}). Targets are not in the graph.")
+
+if graph.k > 0:
+    # Shown before any walk view: a hub-dominated graph sends every walk through the same few rows.
+    hubness = cached_hubness(store, str(store.root), key, project, store.rows_version(project), graph, index.pool_ids)
+    (st.warning if hubness.hub_dominated else st.info)(f"**Hubness:** {markdown_text(hubness.verdict())}")
+    with st.expander("Hubness: in-degrees, the top hubs and neighbour purity by source",
+                     expanded=hubness.hub_dominated):
+        st.caption(f"A row's in-degree is how many rows list it among their {graph.k} neighbours; it is {graph.k} "
+                   f"for every row when no row is favoured. In-degree skewness {hubness.skewness:.2f}, the largest "
+                   f"{hubness.max_in_degree:,}; the 10 most-listed rows fill {hubness.top_ten_share:.1%} of the "
+                   f"neighbour slots.")
+        st.plotly_chart(graph_view.hubness_figure(hubness), width="stretch", key="graph-hubness")
+        st.markdown("Most-listed rows (hubs)")
+        st.dataframe(graph_view.stored_hub_table(store, project, index.pool_ids, hubness), hide_index=True,
+                     width="stretch")
+        st.markdown("Neighbour purity by source: the share of a row's neighbours from its own source, next to "
+                    "the source's share of the pool (what a graph blind to sources would give)")
+        st.dataframe(graph_view.purity_table(hubness), hide_index=True, width="stretch")
 
 mode = st.radio("Show", ["Neighbourhood of a row", "Rows of a selection run"], horizontal=True)
 controls = st.columns(3)

@@ -18,7 +18,7 @@ from core.selection.runs import FeaturesIncomplete, FeaturesMissing
 from core.views import walk as walk_view
 from core.views.map import layout_info, load_layout
 from core.views.text import markdown_text
-from core.views.walk import WalkSettings
+from core.views.walk import WALK_PROFILES, WalkSettings
 
 PLAY_SECONDS = 0.8  # one step per tick while playing
 FRACTION, ROWS = "fraction of the pool", "rows"
@@ -97,10 +97,12 @@ with st.form("walk-settings"):
     ratio = budget_column.number_input("Fraction of the pool", min_value=0.0, max_value=1.0, value=DEFAULT_RATIO, step=0.01,
                                        format="%.3f")
     rows = budget_column.number_input("Rows", min_value=0, value=max(1, int(pool_rows * DEFAULT_RATIO)), step=1)
+    profile = st.radio("Profile", list(WALK_PROFILES), format_func=WALK_PROFILES.get, horizontal=True,
+                       help="The default G2IS, or exactly the authors' Algorithm 1 (no hubness remedy).")
     submitted = st.form_submit_button("Run walk", type="primary", disabled=index is None)
 
 if submitted:
-    settings = WalkSettings(delta=float(delta), val_k=float(val_k), k=int(graph_k),
+    settings = WalkSettings(delta=float(delta), val_k=float(val_k), k=int(graph_k), profile=profile,
                             ratio=float(ratio) if budget_kind == FRACTION else None,
                             budget=int(rows) if budget_kind == ROWS else None)
     try:

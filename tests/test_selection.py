@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from core.selection.g2is import (
+    PAPER_REMEDIES,
     Anchor,
     Candidate,
     ComponentEnd,
@@ -282,10 +283,12 @@ VARIANTS = (
 def test_fast_walk_matches_reference(walk_data, seed, params):
     pool, targets, graph = walk_data(seed)
     budget = 150
-    result = select("g2is", pool, targets, budget, {"k": 16, **params}, graph=graph)
+    # The paper profile is the authors' Algorithm 1 whatever the defaults of "g2is" become.
+    result = select("g2is-paper", pool, targets, budget, {"k": 16, **params}, graph=graph)
     expected, finished = reference_g2is(pool, targets, budget, graph.neighbors, **params)
     assert finished
-    assert result.rows == expected
+    assert result.rows == expected and result.method == "g2is-paper"
+    assert {name: result.params[name] for name in PAPER_REMEDIES} == PAPER_REMEDIES
 
 
 def test_reference_comparison_exercises_every_rule(walk_data):
@@ -498,3 +501,12 @@ def test_centred_pool_walks_on_mean_removed_rows():
     assert plan.graph.k == 5
     with pytest.raises(ValueError, match="graph_rescale must be one of"):
         G2ISParams(graph_rescale="mutual")
+
+
+def test_the_paper_profile_takes_no_remedy():
+    pool = np.eye(6, 4, dtype=np.float32) + 0.1
+    with pytest.raises(ValueError, match="g2is-paper is the authors' Algorithm 1: it takes no remedy \\(center_pool\\)"):
+        select("g2is-paper", pool, pool[:2], 2, {"center_pool": True})
+    paper = select("g2is-paper", pool, pool[:2], 2, {"k": 3})
+    plain = select("g2is", pool, pool[:2], 2, {"k": 3, **PAPER_REMEDIES})
+    assert paper.rows == plain.rows

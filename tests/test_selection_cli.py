@@ -9,6 +9,7 @@ import pytest
 from conftest import chat_rows, write_jsonl
 
 from core.cli import main
+from core.selection.export import export_selection
 from core.selection.runs import METHOD_ALIASES
 from core.store import Store
 
@@ -196,3 +197,9 @@ def test_a_remedy_walks_a_graph_of_its_own_geometry(project_with_features, capsy
     assert run["params"]["align_signs"] is False  # every remedy is recorded, on or off
     geometries = sorted(info["geometry"] for info in store.graphs(run["feature_key"]))
     assert geometries == ["centred+csls", "cosine"]
+    manifest = export_selection(store, run_id, "messages", None)
+    assert manifest["profile"] == {"name": "default", "center_pool": True, "graph_rescale": "csls",
+                                   "align_signs": False}
+    assert main(["select", "--project", project, "--method", "g2is-paper", "--budget", "6", "--json"]) == 0
+    paper = json.loads(capsys.readouterr().out)["run"]
+    assert export_selection(store, paper, "messages", None)["profile"]["name"] == "paper"

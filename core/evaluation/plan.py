@@ -36,7 +36,7 @@ from core.store import Store, StoredRow
 
 # Bump when a code change alters what a unit measures with unchanged inputs: every unit key changes.
 EVAL_CODE_VERSION = 1
-METHOD_LABELS = {"g2is": "G2IS", "less": "LESS", "less-rr": "LESS round-robin", "tsds-kde": "TSDS",
+METHOD_LABELS = {"g2is": "G2IS", "g2is-paper": "G2IS (paper)", "less": "LESS", "less-rr": "LESS round-robin", "tsds-kde": "TSDS",
                  "tsds-uniform": "TSDS (uniform)", "embedding": "embedding", "random": "random"}
 # An "all pool rows" arm trains on every pool row per seed: offered only up to this many rows.
 ALL_POOL_MAX_ROWS = 2000

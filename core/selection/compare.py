@@ -34,7 +34,7 @@ from core.store import Store
 
 COMPARE_METHODS: tuple[str, ...] = tuple(METHODS)  # g2is, less, less-rr, tsds-uniform, tsds-kde, random, embedding
 METHOD_TITLES = {
-    "g2is": "G2IS (gradient walk)", "less": "LESS (gradient cosine)", "less-rr": "LESS round-robin",
+    "g2is": "G2IS (gradient walk)", "g2is-paper": "G2IS as published", "less": "LESS (gradient cosine)", "less-rr": "LESS round-robin",
     "tsds-kde": "TSDS KNN-KDE",
     "tsds-uniform": "TSDS KNN-Uniform", "random": "random", "embedding": "embedding (MiniLM text cosine)",
 }
@@ -49,7 +49,7 @@ RECORDING_PARAMS = frozenset({"ratio", "record_candidates"})
 PARAM_SYMBOLS = {"delta": "δ"}
 # The parameters every caption of a method shows; any other parameter is shown only when it is not the default.
 HEADLINE_PARAMS: dict[str, tuple[str, ...]] = {
-    "g2is": ("delta", "val_k", "k"), "less": (), "less-rr": ("per",), "tsds-uniform": ("alpha", "C"),
+    "g2is": ("delta", "val_k", "k"), "g2is-paper": ("delta", "val_k", "k"), "less": (), "less-rr": ("per",), "tsds-uniform": ("alpha", "C"),
     "tsds-kde": ("alpha", "C", "sigma"), "random": ("seed",), "embedding": (),
 }
 DEFAULTS_LABEL = "run with the defaults"

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.config import stable_hash
+from core.selection.g2is import G2IS_METHODS, PAPER_REMEDIES
 from core.store import Store
 
 EXPORT_FORMATS = ("messages", "alpaca", "sharegpt")
@@ -91,6 +92,9 @@ def export_selection(store: Store, run_id: str, fmt: str = "messages", out: str 
         "ids": [row_id for _, row_id, _, _ in chosen], "scores": [score for _, _, score, _ in chosen],
         "selected_at": str(run["created"]), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if run["method"] in G2IS_METHODS:  # which G2IS: the authors' Algorithm 1, or the default profile and its remedies
+        manifest["profile"] = {"name": "paper" if run["method"] == "g2is-paper" else "default",
+                               **{name: run["params"].get(name, value) for name, value in PAPER_REMEDIES.items()}}
     targets = [kept] if out is None else [Path(out), kept]
     for path in targets:
         _write_atomic(path, text)

@@ -584,6 +584,26 @@ def run_g2is(
     return result_from_events(plan, walk_events(plan, record_candidates=record), on_event)
 
 
+# The profiles (issue 17): "g2is-paper" is exactly the authors' Algorithm 1 on their inputs -- every remedy off,
+# whatever the defaults of "g2is" become; "g2is" is G2ISParams' defaults, the combination the measurements chose
+# (README, "Selection quality").
+PAPER_REMEDIES = {"center_pool": False, "graph_rescale": "none", "align_signs": False}
+PAPER_DEFAULTS = {**{f.name: f.default for f in fields(G2ISParams)}, **PAPER_REMEDIES}
+G2IS_METHODS = ("g2is", "g2is-paper")
+
+
+def select_g2is_paper(pool_features, target_features, budget, params=None, **context) -> SelectionResult:
+    """``select("g2is-paper", ...)``: G2IS with the remedies off (``PAPER_REMEDIES``); its other parameters (δ,
+    val_k, k, the ablations) are free as in ``g2is``."""
+    params = dict(params or {})
+    clash = sorted(name for name, value in PAPER_REMEDIES.items() if name in params and params[name] != value)
+    if clash:
+        raise ValueError(f"g2is-paper is the authors' Algorithm 1: it takes no remedy ({', '.join(clash)}); use g2is")
+    result = select_g2is(pool_features, target_features, budget, {**params, **PAPER_REMEDIES}, **context)
+    result.method = "g2is-paper"
+    return result
+
+
 def select_g2is(pool_features, target_features, budget, params=None, *, graph=None, on_event=None,
                 pool_is_unit: bool = False) -> SelectionResult:
     """``select("g2is", ...)``: validates inputs, clips the budget, runs the walk."""

@@ -8,6 +8,7 @@ CLI and the app treat them alike.
 Methods (``select(method, ...)``):
 
     g2is          gradient walk over the kNN gradient graph, per PCA component of the targets (core.selection.g2is)
+    g2is-paper    the same walk exactly as the authors' Algorithm 1: every hubness remedy off (.g2is)
     less          LESS matching: checkpoint-weighted cosine, mean per target group, max over groups (.less)
     less-rr       round-robin LESS: each target row (or group) in turn takes its best row not yet taken (.less)
     tsds-uniform  TSDS KNN-Uniform: optimal-transport alignment with a uniform diversity regulariser (.tsds)
@@ -48,6 +49,7 @@ class SelectionResult:
 # defaults are the module's parameter dataclass or dict of defaults (``core.selection.compare.default_params``).
 METHODS: dict[str, tuple[str, str, str]] = {
     "g2is": ("core.selection.g2is", "select_g2is", "G2ISParams"),
+    "g2is-paper": ("core.selection.g2is", "select_g2is_paper", "PAPER_DEFAULTS"),
     "less": ("core.selection.less", "select_less", "DEFAULTS"),
     "less-rr": ("core.selection.less", "select_less_round_robin", "ROUND_ROBIN_DEFAULTS"),
     "tsds-uniform": ("core.selection.tsds", "select_tsds_uniform", "UNIFORM_DEFAULTS"),

@@ -17,7 +17,7 @@ from core.config import stable_hash
 from core.data.projects import project_settings
 from core.features.featurize import learning_rate_weights, plan_features
 from core.jobs import ACTIVE
-from core.selection.g2is import G2ISParams, centred_rows
+from core.selection.g2is import G2IS_METHODS, PAPER_REMEDIES, G2ISParams, centred_rows
 from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG, GradientGraph, build_graph, normalize_rows, resolve_backend
 from core.selection.methods import METHODS, SelectionResult, budget_from, select
 from core.store import Store
@@ -328,11 +328,11 @@ def run_selection(store: Store, project: str, method: str, *, ratio: float | Non
     context: dict = {"pool_is_unit": True}  # ProjectFeatures' pool rows are unit already
     recorder: WalkRecorder | None = None
     pool, targets = features.pool, features.targets
-    if method == "g2is":
+    if method in G2IS_METHODS:
         graph_k = int(params.get("k", k))
         params["k"] = graph_k
         if params.get("use_graph", True):
-            remedies = G2ISParams.from_dict(params)  # (the defaults, unless the run asks for a remedy)
+            remedies = G2ISParams.from_dict({**params, **(PAPER_REMEDIES if method == "g2is-paper" else {})})
             if graph_geometry(remedies.center_pool, remedies.graph_rescale) != "cosine":
                 graph = None  # (a stored graph the user chose is a cosine one: the remedy walks its own)
             context["graph"], info = project_graph(store, features, k=graph_k, key=graph,

@@ -6,16 +6,21 @@ Role in the app: the Graph page's logic.  The kNN graph itself (``core.selection
 their gradient-map positions (``core.views.map``; a spring layout when no map is stored yet), and renders it as a
 self-contained vis-network page with physics off -- similarity edges solid, conflict (negative-cosine) edges red
 and dashed, user text shown as text in titles and labels (never as HTML).  ``graph_summary`` adds networkx
-statistics of the same subgraph.  Targets are not nodes: the graph is over the pool only.
+statistics of the same subgraph.  ``stored_hubness`` and its figure and tables diagnose the whole graph
+(``core.selection.hubness``: hubs, anti-hubs, neighbour purity by source).  Targets are not nodes: the graph is over
+the pool only.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from core.selection.graph import DEFAULT_K, GradientGraph, to_networkx
+from core.selection.hubness import HubnessStats, hubness_stats
 from core.selection.runs import FeatureIndex, load_project_features, project_graph, row_text
 from core.store import Store
 from core.views.map import PREVIEW_CHARS, MapPoints, source_colors
@@ -255,3 +260,80 @@ def graph_summary(view: GraphView, top: int = 10) -> GraphSummary:
                     for node, degree in degrees[:top]],
         sources=dict(Counter(view.sources.values()).most_common()),
     )
+
+
+# ------------------------------------------------------------------------------------------------------ hubness
+# Whether the whole graph is fit to walk (``core.selection.hubness``): the in-degree histogram, the top hubs with
+# their text, and neighbour purity by source.
+
+HUB_TABLE_ROWS = 10
+MAX_HISTOGRAM_BARS = 120  # wider in-degree ranges per bar beyond this: a 100,000-row pool's hubs reach thousands
+# Log y when the tallest bar is this many times the shortest: hubs are single rows far out in the tail, which a
+# linear axis draws as bars one pixel high next to the bulk.
+LOG_Y_RATIO = 50
+
+
+def stored_hubness(store: Store, project: str, pool_ids: list[str], graph: GradientGraph) -> HubnessStats:
+    """Hubness of ``graph`` with the pool rows' sources (one query of ids and sources: no message is read)."""
+    sources = store.row_sources(project, "pool", pool_ids)
+    return hubness_stats(graph.neighbors, [sources.get(row_id) or "" for row_id in pool_ids])
+
+
+def stored_hub_table(store: Store, project: str, pool_ids: list[str], stats: HubnessStats,
+                     count: int = HUB_TABLE_ROWS) -> list[dict]:
+    """``hub_table`` reading only the hub rows from the store (not the whole pool's texts)."""
+    hubs = [row for row, _ in stats.top_hubs(count)]
+    rows = {row.row_id: row for row in store.rows_by_id(project, "pool", [pool_ids[n] for n in hubs])}
+    found = {n: rows[pool_ids[n]] for n in hubs if pool_ids[n] in rows}
+    return hub_table(stats, pool_ids, {n: row_text(row.messages) for n, row in found.items()},
+                     {n: row.source or "" for n, row in found.items()}, count=count)
+
+
+def hubness_figure(stats: HubnessStats):
+    """Rows per in-degree (whole-number bins, widened past ``MAX_HISTOGRAM_BARS``), with a dashed line at k: the
+    in-degree of every row in an unbiased graph.  No user text is drawn."""
+    import plotly.graph_objects as go
+
+    degrees = stats.in_degree
+    top = int(degrees.max()) if degrees.size else 0
+    width = max(1, math.ceil((top + 1) / MAX_HISTOGRAM_BARS))
+    counts = np.bincount(degrees // width) if degrees.size else np.zeros(0, np.int64)
+    starts = np.arange(len(counts)) * width
+    shown = counts > 0
+    labels = [str(a) if width == 1 else f"{a}-{a + width - 1}" for a in starts[shown]]
+    figure = go.Figure()
+    figure.add_bar(x=starts[shown] + (width - 1) / 2, y=counts[shown], width=width * 0.9, customdata=labels,
+                   marker_color="#4C78A8", hovertemplate="in-degree %{customdata}<br>%{y} rows<extra></extra>")
+    figure.add_vline(x=stats.k, line_dash="dash", line_color="#D62728",
+                     annotation_text=f"k = {stats.k} (unbiased)", annotation_position="top right")
+    log_y = bool(shown.any()) and counts[shown].max() >= LOG_Y_RATIO * counts[shown].min()
+    figure.update_layout(xaxis_title="in-degree: how many rows list this row among their k neighbours",
+                         yaxis_title="rows" + (" (log scale)" if log_y else ""), yaxis_type="log" if log_y else None,
+                         height=320, margin=dict(l=10, r=10, t=30, b=10), showlegend=False)
+    return figure
+
+
+def _one_line(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def hub_table(stats: HubnessStats, pool_ids: Sequence[str], pool_texts: Sequence[str] | Mapping[int, str],
+              pool_sources: Sequence[str] | Mapping[int, str], count: int = HUB_TABLE_ROWS,
+              preview_chars: int = PREVIEW_CHARS) -> list[dict]:
+    """The ``count`` rows of highest in-degree as table records (for st.dataframe, which shows text as text).
+    ``pool_texts`` and ``pool_sources`` are indexed by pool position: whole lists, or mappings of the hubs only."""
+    others = max(stats.n - 1, 1)
+    return [{"id": pool_ids[row], "source": pool_sources[row] or "", "in-degree": degree,
+             "listed by (% of rows)": round(100 * degree / others, 1),
+             "text": _one_line(pool_texts[row], preview_chars)}
+            for row, degree in stats.top_hubs(count)]
+
+
+def purity_table(stats: HubnessStats) -> list[dict]:
+    """Per source, largest first: its rows, its share of the pool (the chance level), the share of its rows'
+    neighbours that share their source, and its rows' mean in-degree (k everywhere in an unbiased graph)."""
+    return [{"source": source, "rows": purity.rows, "pool share (%)": round(100 * purity.pool_share, 1),
+             "own-source neighbours (%)": round(100 * purity.purity, 1) if np.isfinite(purity.purity) else None,
+             "mean in-degree": round(purity.mean_in_degree, 1)}
+            for source, purity in stats.purity_by_source.items()]

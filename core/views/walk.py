@@ -29,7 +29,16 @@ from datetime import datetime
 import numpy as np
 import plotly.graph_objects as go
 
-from core.selection.g2is import Anchor, Candidate, ComponentEnd, ComponentStart, Fallback, G2ISParams, core_knowledge
+from core.selection.g2is import (
+    G2IS_METHODS,
+    Anchor,
+    Candidate,
+    ComponentEnd,
+    ComponentStart,
+    Fallback,
+    G2ISParams,
+    core_knowledge,
+)
 from core.selection.methods import budget_from
 from core.selection.runs import FeatureIndex, feature_index, load_project_features, row_text, run_selection
 from core.store import Store
@@ -39,6 +48,9 @@ MAP_BACKGROUND_LIMIT = 5000  # pool points drawn behind the path: enough to see 
 
 
 # ---------------------------------------------------------------------------------------------------- settings
+WALK_PROFILES = {"g2is": "G2IS (default)", "g2is-paper": "G2IS as published (Algorithm 1)"}
+
+
 @dataclass(frozen=True)
 class WalkSettings:
     """The walk's knobs on the page: give exactly one of ``ratio`` (fraction of the pool) and ``budget`` (rows)."""
@@ -48,6 +60,7 @@ class WalkSettings:
     k: int = G2ISParams.k  # graph degree
     ratio: float | None = None
     budget: int | None = None
+    profile: str = "g2is"  # "g2is" (the default profile) or "g2is-paper" (the authors' Algorithm 1)
 
     def params(self) -> dict:
         return {"delta": self.delta, "val_k": self.val_k, "k": self.k}
@@ -67,7 +80,7 @@ def start_walk(store: Store, project: str, settings: WalkSettings, index: Featur
     index = index or feature_index(store, project)
     check_walk_settings(settings, len(index.pool_ids))
     features = load_project_features(store, project, index)
-    run = run_selection(store, project, "g2is", ratio=settings.ratio, budget=settings.budget,
+    run = run_selection(store, project, settings.profile, ratio=settings.ratio, budget=settings.budget,
                         params=settings.params(), features=features, record_events=True)
     return run.run_id
 
@@ -83,23 +96,25 @@ class WalkRun:
     selected: int
     params: dict
     notes: list[str]
+    method: str = "g2is"
 
     @property
     def label(self) -> str:
         p = self.params
         how = f"ratio {p['ratio']:g}" if p.get("ratio") is not None else f"budget {self.budget}"
-        return (f"{self.created:%Y-%m-%d %H:%M:%S} · \u03b4={p.get('delta')} · val_k={p.get('val_k')} · "
+        return (f"{self.created:%Y-%m-%d %H:%M:%S} · {self.method} · \u03b4={p.get('delta')} · val_k={p.get('val_k')} · "
                 f"k={p.get('k')} · {how} · {self.selected} rows · {self.run_id}")
 
 
 def _walk_run(run: dict) -> WalkRun:
     return WalkRun(run["id"], run["project"], run["created"], run["feature_key"], run["budget"], run["selected"],
-                   run["params"], run["notes"])
+                   run["params"], run["notes"], run["method"])
 
 
 def walk_runs(store: Store, project: str) -> list[WalkRun]:
-    """The project's stored G2IS runs, newest first."""
-    return [_walk_run(r) for r in store.selection_runs(project, "g2is")]
+    """The project's stored G2IS runs (either profile), newest first."""
+    runs = [run for method in G2IS_METHODS for run in store.selection_runs(project, method)]
+    return [_walk_run(r) for r in sorted(runs, key=lambda run: run["created"], reverse=True)]
 
 
 # ------------------------------------------------------------------------------------------------------ replay
@@ -156,7 +171,7 @@ class WalkReplay:
 def load_replay(store: Store, run_id: str) -> WalkReplay:
     """Read a stored G2IS run for replay; raises ``ValueError`` when there is no such G2IS run."""
     run = store.selection_run(run_id)
-    if run is None or run["method"] != "g2is":
+    if run is None or run["method"] not in G2IS_METHODS:
         raise ValueError(f"there is no stored G2IS run {run_id!r}")
     row_ids = {pool_index: row_id for pool_index, row_id, _, _ in store.selection_rows(run_id)}
     ends = {}
