@@ -38,27 +38,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from walk_scale import reset_peak_rss, status_gib  # bench/walk_scale.py: this script's folder is on sys.path
 
 ARRAYS = ("neighbors", "similarities", "conflicts", "conflict_similarities")
-
-
-def _status_gib(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (VmHWM) of this process; False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def child(backend: str, rows: int, dim: int, k: int, k_neg: int, out: Path) -> None:
@@ -69,14 +51,14 @@ def child(backend: str, rows: int, dim: int, k: int, k_neg: int, out: Path) -> N
 
     pool, _ = clustered_features(rows, dim)
     unit = normalize_rows(pool, out=pool)  # in place: one matrix in memory, as load_project_features does
-    rss_before = _status_gib("VmRSS")
-    reset = _reset_peak_rss()
+    rss_before = status_gib("VmRSS")
+    reset = reset_peak_rss()
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     graph = build_graph(unit, k=k, k_neg=k_neg, backend=backend, normalized=True)
     seconds = time.perf_counter() - started
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-    peak = _status_gib("VmHWM") if reset else None
+    peak = status_gib("VmHWM") if reset else None
     np.savez(out, **{name: getattr(graph, name) for name in ARRAYS})
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     print("RESULT " + json.dumps(dict(backend=backend, seconds=seconds, cpu_seconds=cpu, rss_before_gib=rss_before,

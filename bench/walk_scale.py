@@ -58,7 +58,7 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _status_gib(field: str) -> float | None:
+def status_gib(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -82,7 +82,7 @@ def record_walk_into_store(plan, batch: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="walk-record-") as root:
         store = Store(root)
         plan._rankings.clear()
-        rss_before = _status_gib("VmRSS") or peak_rss_gb()
+        rss_before = status_gib("VmRSS") or peak_rss_gb()
         reset = reset_peak_rss()
         started = time.perf_counter()
         recorder = WalkRecorder(store, "g2is", batch)
@@ -91,7 +91,7 @@ def record_walk_into_store(plan, batch: int) -> dict:
         run_id = recorder.finish("bench", "g2is", result.params, "bench", plan.budget, ranked, result.notes,
                                  time.perf_counter() - started)
         seconds = time.perf_counter() - started
-        peak = (_status_gib("VmHWM") if reset else None) or peak_rss_gb()
+        peak = (status_gib("VmHWM") if reset else None) or peak_rss_gb()
         stored = store.walk_event_count(run_id)
         assert stored == recorder.count, (stored, recorder.count)
         assert [r["id"] for r in store.selection_runs("bench")] == [run_id]
