@@ -290,3 +290,17 @@ def wait_for(predicate, timeout: float, poll: float = 0.02, what: str = "conditi
             return value
         time.sleep(poll)
     raise AssertionError(f"{what} not reached within {timeout:.0f} s")
+
+
+def cli_project(folder: Path, model_dir: Path, pool: list[dict], capsys, project: str = "sel") -> str:
+    """Project ``project`` made through the CLI: ``pool`` and 6 target rows (groups g0, g1) ingested, features
+    computed inline with the tiny model (64 tokens, a 256-d projection, a 10 % warmup); the CLI output is consumed."""
+    from core.cli import main
+
+    targets = [dict(r, group=f"g{i % 2}") for i, r in enumerate(chat_rows(6, "target"))]
+    assert main(["ingest", "--project", project, "--pool", str(write_jsonl(folder / "pool.jsonl", pool)),
+                 "--targets", str(write_jsonl(folder / "targets.jsonl", targets))]) == 0
+    assert main(["features", "--project", project, "--model", str(model_dir), "--max-tokens", "64",
+                 "--proj-dim", "256", "--warmup-fraction", "0.1", "--inline"]) == 0
+    capsys.readouterr()
+    return project

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO, chat_rows, write_jsonl
+from conftest import REPO, chat_rows, cli_project
 from scipy.stats import skew
 from streamlit.testing.v1 import AppTest
 
@@ -155,13 +155,7 @@ def project_with_features(tmp_path, cache, tiny_model_dir, capsys):
     pool = chat_rows(60, "pool")
     for i, row in enumerate(pool):
         row["source"] = ("math", "code", "chat")[i % 3]
-    targets = [dict(r, group=f"g{i % 2}") for i, r in enumerate(chat_rows(6, "target"))]
-    assert main(["ingest", "--project", "sel", "--pool", str(write_jsonl(tmp_path / "pool.jsonl", pool)),
-                 "--targets", str(write_jsonl(tmp_path / "targets.jsonl", targets))]) == 0
-    assert main(["features", "--project", "sel", "--model", str(tiny_model_dir), "--max-tokens", "64",
-                 "--proj-dim", "256", "--warmup-fraction", "0.1", "--inline"]) == 0
-    capsys.readouterr()
-    return "sel"
+    return cli_project(tmp_path, tiny_model_dir, pool, capsys)
 
 
 def test_graph_stats_prints_the_verdict_hubs_and_purity(project_with_features, capsys):

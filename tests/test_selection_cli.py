@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import chat_rows, write_jsonl
+from conftest import chat_rows, cli_project, write_jsonl
 
 from core.cli import main
 from core.selection.export import export_selection
@@ -18,13 +18,7 @@ from core.store import Store
 def project_with_features(tmp_path, cache, tiny_model_dir, capsys):
     pool = chat_rows(60, "pool")
     pool[5]["messages"].insert(0, {"role": "system", "content": "Be brief."})
-    targets = [dict(r, group=f"g{i % 2}") for i, r in enumerate(chat_rows(6, "target"))]
-    assert main(["ingest", "--project", "sel", "--pool", str(write_jsonl(tmp_path / "pool.jsonl", pool)),
-                 "--targets", str(write_jsonl(tmp_path / "targets.jsonl", targets))]) == 0
-    assert main(["features", "--project", "sel", "--model", str(tiny_model_dir), "--max-tokens", "64",
-                 "--proj-dim", "256", "--warmup-fraction", "0.1", "--inline"]) == 0
-    capsys.readouterr()
-    return "sel"
+    return cli_project(tmp_path, tiny_model_dir, pool, capsys)
 
 
 def test_graph_select_walk_export_and_dump(project_with_features, tmp_path, capsys):
