@@ -113,9 +113,8 @@ def load_plan(store: Store, evaluation_id: str) -> EvaluationPlan:
 
 
 def _unit_key(kind: str, seed: int | None, train: Sequence[StoredRow], context: list, args: FineTuneArguments) -> str:
-    numbers = args.training_numbers(seed) if kind == "finetune" else {"generate_tokens": args.generate_tokens}
-    if kind == "finetune":
-        numbers["generate_tokens"] = args.generate_tokens
+    # (decoding length changes the accuracy a unit measures, not its adapter: in the key, not in training_numbers)
+    numbers = {**(args.training_numbers(seed) if kind == "finetune" else {}), "generate_tokens": args.generate_tokens}
     return stable_hash([kind, EVAL_CODE_VERSION, context, numbers, sorted(row.content_hash for row in train)])
 
 
