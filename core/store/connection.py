@@ -114,12 +114,12 @@ CREATE TABLE IF NOT EXISTS schema_info (version INTEGER);
 """The current schema (version ``SCHEMA_VERSION``), which a fresh catalogue gets.  Changing it means: bump
 ``SCHEMA_VERSION`` and append the migration from the previous version to ``MIGRATIONS``."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema version this code writes and reads.  1: the catalogue before versions were recorded (no
 ``schema_info`` table); 2: ``schema_info`` added, the tables otherwise as in 1; 3: ``feature_errors.kind``
 ('permanent' or 'retriable'; NULL, an error recorded before 3, counts as retriable); 4: tables ``evaluations``
-and ``eval_units`` (fine-tuning evaluations), the row role 'eval', and ``graphs.geometry`` (how the neighbours
-were ranked: 'cosine', or a hubness remedy such as 'centred+csls'; NULL, a graph stored before 4, is 'cosine')."""
+and ``eval_units`` (fine-tuning evaluations), and the row role 'eval'; 5: ``graphs.geometry`` (how the neighbours
+were ranked: 'cosine', or a hubness remedy such as 'centred+csls'; NULL, a graph stored before 5, is 'cosine')."""
 
 
 def _add_schema_info(con: duckdb.DuckDBPyConnection) -> None:
@@ -130,7 +130,8 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None] | 
     (1, "record the schema version (table schema_info)", _add_schema_info),
     (2, "feature errors keep their kind (column feature_errors.kind)",
      "ALTER TABLE IF EXISTS feature_errors ADD COLUMN IF NOT EXISTS kind VARCHAR"),
-    (3, "evaluations by fine-tuning (new tables, created by the schema itself); graphs record their geometry",
+    (3, "evaluations by fine-tuning (new tables, created by the schema itself)", ""),
+    (4, "graphs record their geometry (column graphs.geometry)",
      "ALTER TABLE IF EXISTS graphs ADD COLUMN IF NOT EXISTS geometry VARCHAR"),
 )
 """The ordered migrations, one per version: ``(from_version, what it does, step)`` brings a catalogue from

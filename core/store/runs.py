@@ -45,7 +45,7 @@ class RunTables(Connection):
         return dict(zip(self._GRAPH_COLUMNS, row)) if row else None
 
     _GRAPH_COLUMNS = ("key", "feature_key", "k", "k_conflict", "n_rows", "backend", "seconds", "created", "geometry")
-    _GRAPH_SELECT = ", ".join(_GRAPH_COLUMNS[:-1]) + ", coalesce(geometry, 'cosine')"  # (NULL: stored before schema 4)
+    _GRAPH_SELECT = ", ".join(_GRAPH_COLUMNS[:-1]) + ", coalesce(geometry, 'cosine')"  # (NULL: stored before schema 5)
 
     def graphs(self, feature_key: str) -> list[dict]:
         """Every stored graph of a feature set (``graph_info`` of each), newest first."""
