@@ -51,13 +51,16 @@ from core.selection.g2is import G2IS_METHODS, G2ISParams
 from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG
 from core.selection.methods import DEFAULT_RATIO, METHODS
 from core.selection.runs import (
+    DEFAULT_GEOMETRY,
     METHOD_ALIASES,
     FeaturesMissing,
     feature_index,
     load_project_features,
+    parse_geometry,
     project_graph,
     run_selection,
     stored_graph_choice,
+    walk_geometry,
 )
 from core.store import Store, StoreBusyError, StoreError
 
@@ -227,7 +230,7 @@ def cmd_dump(args) -> int:
                 (out / f"{ids_stem}{suffix}.json").write_text(json.dumps(ids))
             entry[role] = {"config": config.key, "rows": len(ids)}
         manifest["checkpoints"].append(entry)
-    graph = _latest_graph(store, args.project)
+    graph = _latest_graph(store, args.project, args.geometry)
     if graph is not None:
         np.save(out / "graph.npy", graph["arrays"]["neighbors"].astype(np.int64))
         manifest["graph"] = {k: v for k, v in graph["info"].items() if k != "created"}
@@ -237,12 +240,12 @@ def cmd_dump(args) -> int:
     return 0
 
 
-def _latest_graph(store: Store, project: str) -> dict | None:
+def _latest_graph(store: Store, project: str, geometry: str) -> dict | None:
     try:
         index = feature_index(store, project)
     except FeaturesMissing:
         return None
-    info = store.latest_graph(index.feature_key)
+    info = store.latest_graph(index.feature_key, geometry)
     return {"info": info, "arrays": store.load_graph(info["key"])} if info else None
 
 
@@ -250,10 +253,12 @@ def cmd_graph(args) -> int:
     store = _store()
     features = load_project_features(store, args.project, allow_partial=args.allow_partial)
     started = time.perf_counter()
-    graph, info = project_graph(store, features, k=args.k, k_neg=args.k_conflict, rebuild=args.rebuild)
+    center, rescale = parse_geometry(args.geometry)
+    graph, info = project_graph(store, features, k=args.k, k_neg=args.k_conflict, rebuild=args.rebuild,
+                                center=center, rescale=rescale)
     took = time.perf_counter() - started
     negative = int((graph.conflict_similarities < 0).sum())
-    print(f"graph {info['key']}: {graph.n_nodes} nodes, k={graph.k} neighbours each (built with {info['backend']} "
+    print(f"graph {info['key']} ({info['geometry']}): {graph.n_nodes} nodes, k={graph.k} neighbours each (built with {info['backend']} "
           f"in {info['seconds']:.2f} s; this call {took:.2f} s), {negative} conflict edges (negative cosine)",
           file=sys.stderr if args.json else sys.stdout)
     if not (args.stats or args.json):
@@ -322,7 +327,7 @@ def cmd_select(args, walk: bool = False) -> int:
             params["k"] = args.k
         else:  # the graph the user built with `graph --k ...`, when it is the only one
             index = feature_index(store, args.project, allow_partial=args.allow_partial)
-            graph, note = stored_graph_choice(store, index.feature_key)
+            graph, note = stored_graph_choice(store, index.feature_key, walk_geometry(method, params))
             print(f"note: {note}", file=sys.stderr)
     printer = (lambda event: print(f"{event.kind:<15} {event.describe()}")) if walk and args.steps else None
     run = run_selection(store, args.project, method, ratio=args.ratio, budget=args.budget, params=params,
@@ -495,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dump-features", help="write the features as .npy files for other tools")
     p.add_argument("--project", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--geometry", default=DEFAULT_GEOMETRY, help="which stored graph goes to graph.npy (see graph)")
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("graph", help="build (or show the cached) kNN gradient graph of the pool")
@@ -503,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-conflict", type=int, default=DEFAULT_K_NEG,
                    help=f"most negative neighbours kept per row (default {DEFAULT_K_NEG})")
     p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--geometry", default=DEFAULT_GEOMETRY,
+                   help=f"how neighbours are ranked: {DEFAULT_GEOMETRY} (default: the graph the default G2IS walks), "
+                        "cosine (the paper's, what g2is-paper walks), csls, local, centred+csls, centred+local")
     p.add_argument("--allow-partial", action="store_true", help=ALLOW_PARTIAL_HELP)
     p.add_argument("--stats", action="store_true",
                    help="diagnose hubness: in-degree skewness, the top hubs with their text, neighbour purity by source")

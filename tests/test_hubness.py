@@ -160,7 +160,7 @@ def project_with_features(tmp_path, cache, tiny_model_dir, capsys):
 
 def test_graph_stats_prints_the_verdict_hubs_and_purity(project_with_features, capsys):
     project = project_with_features
-    assert main(["graph", "--project", project, "--k", "8", "--stats"]) == 0
+    assert main(["graph", "--project", project, "--k", "8", "--geometry", "cosine", "--stats"]) == 0
     out = capsys.readouterr().out
     with capsys.disabled():  # what a user sees, shown with -s
         print(out)
@@ -181,7 +181,7 @@ def test_graph_stats_prints_the_verdict_hubs_and_purity(project_with_features, c
     assert {line.split()[0] for line in purity[2:]} == {"math", "code", "chat"}
     assert all(line.split()[1] == "20" and line.split()[2] == "33.3%" for line in purity[2:])
 
-    assert main(["graph", "--project", project, "--k", "8", "--json"]) == 0
+    assert main(["graph", "--project", project, "--k", "8", "--geometry", "cosine", "--json"]) == 0
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
     assert "60 nodes, k=8" in captured.err  # stdout is the JSON's

@@ -70,7 +70,8 @@ def test_graph_select_walk_export_and_dump(project_with_features, tmp_path, caps
         assert manifest["ids"] == chosen and manifest["method"] == "g2is" and manifest["feature_key"]
         assert (store.root / "exports" / f"{run_id}.{fmt}.jsonl").read_text() == target.read_text()
 
-    assert main(["dump-features", "--project", project, "--out", str(tmp_path / "dump")]) == 0
+    assert main(["graph", "--project", project, "--k", "8", "--geometry", "cosine"]) == 0
+    assert main(["dump-features", "--project", project, "--out", str(tmp_path / "dump"), "--geometry", "cosine"]) == 0
     graph = np.load(tmp_path / "dump" / "graph.npy")
     assert graph.dtype == np.int64 and graph.shape == (60, 8)
     pool = np.load(tmp_path / "dump" / "pool.npy")
@@ -180,7 +181,7 @@ def test_project_features_are_normalised_once_and_every_method_picks_as_on_raw_f
 
 def test_a_remedy_walks_a_graph_of_its_own_geometry(project_with_features, capsys):
     project = project_with_features
-    assert main(["graph", "--project", project, "--k", "8"]) == 0  # a stored cosine graph the plain walk would use
+    assert main(["graph", "--project", project, "--k", "8"]) == 0  # a stored graph the default walk would use
     capsys.readouterr()
     assert main(["select", "--project", project, "--method", "g2is", "--budget", "6", "--k", "8",
                  "--param", "center_pool=true", "--param", 'graph_rescale="csls"', "--json"]) == 0
@@ -188,12 +189,12 @@ def test_a_remedy_walks_a_graph_of_its_own_geometry(project_with_features, capsy
     store = Store()
     run = store.selection_run(run_id)
     assert run["params"]["center_pool"] is True and run["params"]["graph_rescale"] == "csls"
-    assert run["params"]["align_signs"] is False  # every remedy is recorded, on or off
+    assert run["params"]["align_signs"] is True  # every remedy is recorded: this one is the default profile's
     geometries = sorted(info["geometry"] for info in store.graphs(run["feature_key"]))
-    assert geometries == ["centred+csls", "cosine"]
+    assert geometries == ["centred", "centred+csls"]  # (`graph` built the default walk's: centred)
     manifest = export_selection(store, run_id, "messages", None)
     assert manifest["profile"] == {"name": "default", "center_pool": True, "graph_rescale": "csls",
-                                   "align_signs": False}
+                                   "align_signs": True}
     assert main(["select", "--project", project, "--method", "g2is-paper", "--budget", "6", "--json"]) == 0
     paper = json.loads(capsys.readouterr().out)["run"]
     assert export_selection(store, paper, "messages", None)["profile"]["name"] == "paper"

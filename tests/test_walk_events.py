@@ -48,7 +48,7 @@ def stored(store: Store, run_id: str) -> list[dict]:
 def test_batched_events_equal_the_in_memory_walk(tmp_path, delta, batch):
     store = Store(tmp_path / "cache")
     features = synthetic_features()
-    run = run_selection(store, "p", "g2is", budget=40, params={"k": K, "delta": delta}, features=features,
+    run = run_selection(store, "p", "g2is-paper", budget=40, params={"k": K, "delta": delta}, features=features,
                         event_batch=batch)
     expected, result = todays_events(store, features, 40, delta)
     assert len(expected) > 5 * batch  # several batches (the last one full or partial, by the batch size)
@@ -56,7 +56,7 @@ def test_batched_events_equal_the_in_memory_walk(tmp_path, delta, batch):
     assert stored(store, run.run_id) == expected
     # picks, scores and reasons as the walk computes them, and the same as one single write would store
     assert (run.result.rows, run.result.scores, run.result.reasons) == (result.rows, result.scores, result.reasons)
-    whole = run_selection(store, "p", "g2is", budget=40, params={"k": K, "delta": delta}, features=features)
+    whole = run_selection(store, "p", "g2is-paper", budget=40, params={"k": K, "delta": delta}, features=features)
     assert WALK_EVENT_BATCH > len(expected) and stored(store, whole.run_id) == expected
     assert store.selection_rows(run.run_id) == store.selection_rows(whole.run_id)
     assert [r["id"] for r in store.selection_runs("p")] == [whole.run_id, run.run_id]
@@ -74,7 +74,7 @@ def test_batched_events_equal_the_in_memory_walk(tmp_path, delta, batch):
 def test_a_walk_failing_midway_is_not_listed_and_leaves_no_events(tmp_path, monkeypatch):
     store = Store(tmp_path / "cache")
     features = synthetic_features()
-    done = run_selection(store, "p", "g2is", budget=40, params={"k": K}, features=features, event_batch=5)
+    done = run_selection(store, "p", "g2is-paper", budget=40, params={"k": K}, features=features, event_batch=5)
     monkeypatch.setattr(store, "new_run_id", lambda method: f"{method}-failed")
     seen = []
 
@@ -84,10 +84,10 @@ def test_a_walk_failing_midway_is_not_listed_and_leaves_no_events(tmp_path, monk
             raise RuntimeError("walk interrupted")
 
     with pytest.raises(RuntimeError, match="walk interrupted"):
-        run_selection(store, "p", "g2is", budget=40, params={"k": K}, features=features, event_batch=5,
+        run_selection(store, "p", "g2is-paper", budget=40, params={"k": K}, features=features, event_batch=5,
                       on_event=fail_after_some_batches)
     assert [r["id"] for r in store.selection_runs("p")] == [done.run_id]
-    assert store.selection_runs("p", "g2is") == store.selection_runs("p")
+    assert store.selection_runs("p", "g2is-paper") == store.selection_runs("p")
     assert store.selection_run("g2is-failed") is None
     assert store.walk_event_count("g2is-failed") == 0  # its written batches were dropped
     assert store.walk_event_count(done.run_id) == done.events

@@ -50,7 +50,8 @@ class G2ISParams:
     local_steps_only: bool = False  # ablation: True = no fallback, a component ends when the local walk is stuck
     use_graph: bool = True  # ablation: False = every step goes to the global ranking (anchors / ranking only)
     record_candidates: bool = True  # emit an event per rejected candidate (False keeps large runs light)
-    # Remedies for what the walk walks on (issue 17; all off = the authors' Algorithm 1 on their inputs):
+    # Remedies for what the walk walks on (issue 17). Off here, as in the authors' Algorithm 1; the "g2is" profile
+    # turns on DEFAULT_REMEDIES (below), "g2is-paper" keeps them off:
     center_pool: bool = False  # walk (graph, scores, checks) on the unit pool rows minus their mean, re-normalised
     graph_rescale: str = "none"  # neighbour ranking of the graph: "none" (cosine), "csls" or "local" (graph.py)
     align_signs: bool = False  # flip each PCA component to a non-negative dot with the mean target gradient
@@ -584,29 +585,51 @@ def run_g2is(
     return result_from_events(plan, walk_events(plan, record_candidates=record), on_event)
 
 
-# The profiles (issue 17): "g2is-paper" is exactly the authors' Algorithm 1 on their inputs -- every remedy off,
-# whatever the defaults of "g2is" become; "g2is" is G2ISParams' defaults, the combination the measurements chose
-# (README, "Selection quality").
+# The profiles (issue 17).  G2ISParams' own defaults are the authors' Algorithm 1 (every remedy off), which the
+# walk's rule-by-rule tests and the reference comparison pin.  "g2is-paper" is exactly that; "g2is", the product's
+# default, adds the remedies that met the goal on every target set and budget of bench/quality.py (README,
+# "Selection quality"): centring the pool and aligning the PCA signs.  A run records every remedy either way.
 PAPER_REMEDIES = {"center_pool": False, "graph_rescale": "none", "align_signs": False}
-PAPER_DEFAULTS = {**{f.name: f.default for f in fields(G2ISParams)}, **PAPER_REMEDIES}
-G2IS_METHODS = ("g2is", "g2is-paper")
+DEFAULT_REMEDIES = {"center_pool": True, "graph_rescale": "none", "align_signs": True}
+PROFILES = {"g2is": DEFAULT_REMEDIES, "g2is-paper": PAPER_REMEDIES}
+G2IS_METHODS = tuple(PROFILES)
+PROFILE_DEFAULTS = {method: {**{f.name: f.default for f in fields(G2ISParams)}, **remedies}
+                    for method, remedies in PROFILES.items()}
+DEFAULTS = PROFILE_DEFAULTS["g2is"]  # the g2is method's defaults (core.selection.compare.default_params)
+PAPER_DEFAULTS = PROFILE_DEFAULTS["g2is-paper"]
+
+
+def profile_params(method: str, params: dict | None) -> dict:
+    """``params`` with the profile's remedies filled in: "g2is" takes its defaults where the caller names none,
+    "g2is-paper" refuses any remedy (it is the published algorithm)."""
+    params = dict(params or {})
+    remedies = PROFILES[method]
+    if method == "g2is-paper":
+        clash = sorted(name for name, value in remedies.items() if name in params and params[name] != value)
+        if clash:
+            raise ValueError(f"g2is-paper is the authors' Algorithm 1: it takes no remedy ({', '.join(clash)}); "
+                             "use g2is")
+    return {**remedies, **params}
 
 
 def select_g2is_paper(pool_features, target_features, budget, params=None, **context) -> SelectionResult:
     """``select("g2is-paper", ...)``: G2IS with the remedies off (``PAPER_REMEDIES``); its other parameters (δ,
     val_k, k, the ablations) are free as in ``g2is``."""
-    params = dict(params or {})
-    clash = sorted(name for name, value in PAPER_REMEDIES.items() if name in params and params[name] != value)
-    if clash:
-        raise ValueError(f"g2is-paper is the authors' Algorithm 1: it takes no remedy ({', '.join(clash)}); use g2is")
-    result = select_g2is(pool_features, target_features, budget, {**params, **PAPER_REMEDIES}, **context)
+    result = _select(pool_features, target_features, budget, profile_params("g2is-paper", params), **context)
     result.method = "g2is-paper"
     return result
 
 
-def select_g2is(pool_features, target_features, budget, params=None, *, graph=None, on_event=None,
-                pool_is_unit: bool = False) -> SelectionResult:
-    """``select("g2is", ...)``: validates inputs, clips the budget, runs the walk."""
+def select_g2is(pool_features, target_features, budget, params=None, **context) -> SelectionResult:
+    """``select("g2is", ...)``: the default profile (``DEFAULT_REMEDIES`` unless ``params`` names them)."""
+    if not isinstance(params, G2ISParams):  # (an explicit G2ISParams is taken as it is)
+        params = profile_params("g2is", params)
+    return _select(pool_features, target_features, budget, params, **context)
+
+
+def _select(pool_features, target_features, budget, params, *, graph=None, on_event=None,
+            pool_is_unit: bool = False) -> SelectionResult:
+    """Validates inputs, clips the budget, runs the walk."""
     pool, targets = check_pool_and_targets(pool_features, target_features)
     budget, budget_notes = clip_budget(pool.shape[0], budget)
     result = run_g2is(pool, targets, budget, params, graph, on_event, pool_is_unit=pool_is_unit)

@@ -48,7 +48,7 @@ class SelectionResult:
 # method name -> (module, function, defaults): the function has the signature of ``select`` minus ``method``; the
 # defaults are the module's parameter dataclass or dict of defaults (``core.selection.compare.default_params``).
 METHODS: dict[str, tuple[str, str, str]] = {
-    "g2is": ("core.selection.g2is", "select_g2is", "G2ISParams"),
+    "g2is": ("core.selection.g2is", "select_g2is", "DEFAULTS"),
     "g2is-paper": ("core.selection.g2is", "select_g2is_paper", "PAPER_DEFAULTS"),
     "less": ("core.selection.less", "select_less", "DEFAULTS"),
     "less-rr": ("core.selection.less", "select_less_round_robin", "ROUND_ROBIN_DEFAULTS"),

@@ -17,8 +17,16 @@ from core.config import stable_hash
 from core.data.projects import project_settings
 from core.features.featurize import learning_rate_weights, plan_features
 from core.jobs import ACTIVE
-from core.selection.g2is import G2IS_METHODS, PAPER_REMEDIES, G2ISParams, centred_rows
-from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG, GradientGraph, build_graph, normalize_rows, resolve_backend
+from core.selection.g2is import G2IS_METHODS, G2ISParams, centred_rows, profile_params
+from core.selection.graph import (
+    DEFAULT_K,
+    DEFAULT_K_NEG,
+    RESCALE_MODES,
+    GradientGraph,
+    build_graph,
+    normalize_rows,
+    resolve_backend,
+)
 from core.selection.methods import METHODS, SelectionResult, budget_from, select
 from core.store import Store
 
@@ -205,6 +213,26 @@ def graph_geometry(center: bool = False, rescale: str = "none") -> str:
     return "+".join(parts) or "cosine"
 
 
+def parse_geometry(geometry: str) -> tuple[bool, str]:
+    """(center, rescale) of a geometry name made by ``graph_geometry``; ValueError for an unknown one."""
+    parts = [] if geometry == "cosine" else geometry.split("+")
+    center = "centred" in parts
+    rescale = [part for part in parts if part != "centred"]
+    if len(rescale) > 1 or (rescale and rescale[0] not in RESCALE_MODES) or graph_geometry(center, *rescale) != geometry:
+        raise ValueError(f"unknown graph geometry {geometry!r}: cosine, centred, csls, local, centred+csls or "
+                         "centred+local")
+    return center, rescale[0] if rescale else "none"
+
+
+def walk_geometry(method: str, params: dict | None = None) -> str:
+    """The geometry of the graph a G2IS profile walks with these params (its remedies)."""
+    remedies = G2ISParams.from_dict(profile_params(method, params))
+    return graph_geometry(remedies.center_pool, remedies.graph_rescale)
+
+
+DEFAULT_GEOMETRY = walk_geometry("g2is")  # the default profile's: what `graph` builds unless told
+
+
 def graph_key(features: ProjectFeatures, k: int, k_neg: int, geometry: str = "cosine") -> str:
     # (the cosine graph keeps the key it had before geometries existed)
     return stable_hash(["graph", features.feature_key, k, k_neg] + ([geometry] if geometry != "cosine" else []))
@@ -230,13 +258,13 @@ def project_graph(store: Store, features: ProjectFeatures, k: int = DEFAULT_K, k
     return graph, store.graph_info(key)
 
 
-def stored_graph_choice(store: Store, feature_key: str) -> tuple[str | None, str]:
+def stored_graph_choice(store: Store, feature_key: str, geometry: str = DEFAULT_GEOMETRY) -> tuple[str | None, str]:
     """The graph a G2IS selection walks when the user names no k, and a sentence saying which.
 
     The project's stored graph when there is exactly one for these features (``graph --k 16`` then ``select`` walks
-    that graph); otherwise ``None``: the default graph (k=DEFAULT_K), built now unless stored.  Only cosine graphs
-    are chosen: a walk with a hubness remedy walks the graph of its own geometry."""
-    stored = [info for info in store.graphs(feature_key) if info["geometry"] == "cosine"]
+    that graph); otherwise ``None``: the default graph (k=DEFAULT_K), built now unless stored.  Only graphs of the
+    walk's ``geometry`` (its hubness remedies) count."""
+    stored = [info for info in store.graphs(feature_key) if info["geometry"] == geometry]
     if len(stored) == 1:
         info = stored[0]
         return info["key"], (f"walking the stored graph {info['key']} (k={info['k']}, {info['k_conflict']} conflict "
@@ -332,9 +360,11 @@ def run_selection(store: Store, project: str, method: str, *, ratio: float | Non
         graph_k = int(params.get("k", k))
         params["k"] = graph_k
         if params.get("use_graph", True):
-            remedies = G2ISParams.from_dict({**params, **(PAPER_REMEDIES if method == "g2is-paper" else {})})
-            if graph_geometry(remedies.center_pool, remedies.graph_rescale) != "cosine":
-                graph = None  # (a stored graph the user chose is a cosine one: the remedy walks its own)
+            remedies = G2ISParams.from_dict(profile_params(method, params))
+            geometry = graph_geometry(remedies.center_pool, remedies.graph_rescale)
+            if graph is not None and (store.graph_info(graph) or {}).get("geometry") != geometry:
+                raise ValueError(f"graph {graph} is not of the walk's geometry ({geometry}): build one with "
+                                 f"`graph --geometry {geometry}`")
             context["graph"], info = project_graph(store, features, k=graph_k, key=graph,
                                                    center=remedies.center_pool, rescale=remedies.graph_rescale)
             if graph is not None:  # the stored graph's own degree, which the run records

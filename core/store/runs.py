@@ -54,10 +54,11 @@ class RunTables(Connection):
                                "ORDER BY created DESC", [feature_key]).fetchall()
         return [dict(zip(self._GRAPH_COLUMNS, row)) for row in rows]
 
-    def latest_graph(self, feature_key: str) -> dict | None:
+    def latest_graph(self, feature_key: str, geometry: str | None = None) -> dict | None:
+        """The newest stored graph of a feature set (of this geometry when one is named)."""
         with self._connect() as con:
-            row = con.execute("SELECT key FROM graphs WHERE feature_key = ? ORDER BY created DESC LIMIT 1",
-                              [feature_key]).fetchone()
+            row = con.execute("SELECT key FROM graphs WHERE feature_key = ? AND (? IS NULL OR coalesce(geometry, "
+                              "'cosine') = ?) ORDER BY created DESC LIMIT 1", [feature_key, geometry, geometry]).fetchone()
         return self.graph_info(row[0]) if row else None
 
     def load_graph(self, key: str) -> dict[str, np.ndarray] | None:

@@ -21,7 +21,14 @@ import numpy as np
 
 from core.selection.graph import DEFAULT_K, GradientGraph, to_networkx
 from core.selection.hubness import HubnessStats, hubness_stats
-from core.selection.runs import FeatureIndex, load_project_features, project_graph, row_text
+from core.selection.runs import (
+    DEFAULT_GEOMETRY,
+    FeatureIndex,
+    load_project_features,
+    parse_geometry,
+    project_graph,
+    row_text,
+)
 from core.store import Store
 from core.views.map import PREVIEW_CHARS, MapPoints, source_colors
 
@@ -41,8 +48,9 @@ class StoredGraph:
 
 
 def latest_graph_key(store: Store, index: FeatureIndex) -> str | None:
-    """Key of the newest stored graph of the project's current feature key (a catalogue lookup), or None."""
-    info = store.latest_graph(index.feature_key)
+    """Key of the newest stored graph of the project's current feature key in the geometry the default G2IS walks
+    (a catalogue lookup), or None."""
+    info = store.latest_graph(index.feature_key, DEFAULT_GEOMETRY)
     return info["key"] if info else None
 
 
@@ -62,9 +70,11 @@ def stored_graph(store: Store, index: FeatureIndex) -> StoredGraph | None:
 
 
 def build_stored_graph(store: Store, project: str, index: FeatureIndex, k: int = DEFAULT_K) -> StoredGraph:
-    """Build the kNN graph of the current features and store it (loads the feature matrix: a one-off)."""
+    """Build the kNN graph of the current features in the default walk's geometry and store it (loads the feature
+    matrix: a one-off)."""
     features = load_project_features(store, project, index)
-    graph, info = project_graph(store, features, k=k)
+    center, rescale = parse_geometry(DEFAULT_GEOMETRY)
+    graph, info = project_graph(store, features, k=k, center=center, rescale=rescale)
     return StoredGraph(info["key"], info, graph)
 
 
