@@ -38,6 +38,8 @@ from core.store import Store, StoredRow
 EVAL_CODE_VERSION = 1
 METHOD_LABELS = {"g2is": "G2IS", "g2is-paper": "G2IS (paper)", "less": "LESS", "less-rr": "LESS round-robin", "tsds-kde": "TSDS",
                  "tsds-uniform": "TSDS (uniform)", "embedding": "embedding", "random": "random"}
+# One decoded token costs about this many tokens of a forward+backward (the estimate's rough rule, see there).
+DECODE_TOKEN_COST = 4
 # An "all pool rows" arm trains on every pool row per seed: offered only up to this many rows.
 ALL_POOL_MAX_ROWS = 2000
 
@@ -255,7 +257,7 @@ class EvaluationEstimate:
 
 def estimate_evaluation(store: Store, plan: EvaluationPlan) -> EvaluationEstimate:
     """Rough cost of the pending units: training tokens x epochs at the device's forward+backward rate, the
-    evaluation rows' forwards at a third of it, and each decoded token as one forward of the prompt's length."""
+    evaluation rows' forwards at a third of it, and decoding (the prompt once, then ``DECODE_TOKEN_COST`` per token)."""
     resolved = resolve_model(plan.settings.model)
     tokenizer = load_tokenizer(resolved)
     device = pick_device(plan.settings.device).type
@@ -281,6 +283,9 @@ def estimate_evaluation(store: Store, plan: EvaluationPlan) -> EvaluationEstimat
         train_tokens = sum(tokens_of(row) for row in rows) * plan.args.epochs
         tokens += train_tokens + eval_tokens
         mean_eval = eval_tokens / max(1, len(eval_rows))
-        seconds += (train_tokens + eval_tokens / 3 + checkable * plan.args.generate_tokens * mean_eval / 3) / rate
+        # A forward is ~1/3 of a forward+backward; decoding runs the prompt once, then one token at a time from the
+        # KV cache, where per-call overhead (not FLOPs) dominates on a CPU: ~DECODE_TOKEN_COST tokens' worth each.
+        decoding = checkable * (mean_eval / 3 + plan.args.generate_tokens * DECODE_TOKEN_COST)
+        seconds += (train_tokens + eval_tokens / 3 + decoding) / rate
     return EvaluationEstimate(len(pending), len(plan.units) - len(pending), train_examples, tokens, checkable, seconds,
                               device, measured)
