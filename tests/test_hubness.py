@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from core.cli import main
 from core.selection.graph import GradientGraph
 from core.selection.hubness import HUB_DOMINATED_SHARE_FACTOR, SourcePurity, hubness_stats
-from core.selection.runs import feature_index, load_project_features, project_graph
+from core.selection.runs import DEFAULT_GEOMETRY, feature_index, load_project_features, project_graph
 from core.store import Store
 from core.views import graph as graph_view
 
@@ -216,7 +216,7 @@ def test_graph_page_shows_the_hubness_section(explore_project):
     star_graph = GradientGraph(neighbors=star(n), similarities=np.tile(np.float32([0.9, 0.8, 0.7]), (n, 1)),
                                conflicts=((np.arange(n) + n // 2) % n)[:, None],
                                conflict_similarities=np.full((n, 1), -0.1, np.float32), k=3)
-    store.save_graph("star", index.feature_key, star_graph, "torch", 0.0)
+    store.save_graph("star", index.feature_key, star_graph, "torch", 0.0, DEFAULT_GEOMETRY)  # (the page's geometry)
     app.run()
     assert not app.exception, app.exception
     assert any(w.value.startswith("**Hubness:** hub-dominated") for w in app.warning), [w.value for w in app.warning]
