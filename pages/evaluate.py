@@ -124,7 +124,7 @@ def show_report(evaluation_id: str, planned_id: str | None) -> None:
     if downloads:
         st.markdown("**Adapters**")
         st.caption("Each fine-tune's LoRA adapter, a PEFT folder zipped: "
-                   "`peft.PeftModel.from_pretrained(base_model, folder)` loads it.")
+                   "peft's `PeftModel.from_pretrained` loads the unzipped folder onto the base model.")
         columns = st.columns(3)
         for number, download in enumerate(downloads):
             columns[number % 3].download_button(
