@@ -178,3 +178,17 @@ def test_killed_evaluation_job_resumes_without_redoing_finished_units(evaluated_
     assert report.complete and all(arm.mean is not None for arm in report.arms)
     observed.append(f"killed after {len(first)} of {len(keys)} units; the resumed job ran the other "
                     f"{len(keys) - len(finished)}")
+
+
+def test_a_target_whose_answer_does_not_fit_is_left_out_of_the_split(evaluated_project, tmp_path, tiny_model_dir):
+    store = evaluated_project
+    from core.data.ingest import ingest_files
+
+    too_long = {"id": "too-long", "group": "g0",
+                "messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "So the answer is 3."}]}
+    ingest_files(store, "p", "targets", [write_jsonl(tmp_path / "targets2.jsonl", number_rows(8, "target") + [too_long])])
+    run_features(store, "p", tiny_settings(tiny_model_dir), log=lambda _: None)  # too-long: a permanent row error
+    plan = plan_evaluation(store, "p", methods=["less"], budget=4, split=0.5, args=FAST)  # no FeaturesMissing
+    assert plan.rows["left_out"] == ["too-long"] and "too-long" not in plan.rows["ids"]
+    assert any("1 target row(s) left out: their answer does not fit 64 tokens" in note for note in plan.notes)
+    assert len(plan.rows["ids"]) + plan.rows["guide_rows"] == 8

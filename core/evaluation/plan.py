@@ -144,16 +144,22 @@ def plan_evaluation(
     same budget and zero-shot.  Raises ``EvaluationOverlap`` when rows that guided a selection would evaluate it."""
     args = args or FineTuneArguments()
     settings = project_settings(store, project)
-    evaluation = evaluation_rows(store, project, split, split_seed)
     resolved = resolve_model(settings.model)
     tokenizer = load_tokenizer(resolved)
     max_tokens = args.max_tokens or settings.max_tokens
+    # A row whose answer does not fit (the features' max tokens, or the fine-tune's) can neither guide nor measure.
+    fits = min(max_tokens, settings.max_tokens)
+    evaluation = evaluation_rows(store, project, split, split_seed,
+                                 usable=lambda row: encode_messages(tokenizer, row.messages, fits).error is None)
     context = [model_key(resolved), template_key(tokenizer), max_tokens,
                sorted(row.content_hash for row in evaluation.rows)]
     pool = {row.row_id: row for row in store.rows(project, "pool")}
     seeds = list(range(args.seeds))
     arms: list[Arm] = []
     notes: list[str] = []
+    if evaluation.left_out:
+        notes.append(f"{len(evaluation.left_out)} {'target' if split is not None else 'evaluation'} row(s) left out: "
+                     f"their answer does not fit {fits} tokens (e.g. {evaluation.left_out[0]})")
 
     def selection_arm(label: str, method: str, run_id: str) -> Arm:
         run = store.selection_run(run_id)

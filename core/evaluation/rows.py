@@ -7,6 +7,7 @@ group, so every group is on both sides.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ class EvaluationRows:
     rows: list[StoredRow]  # the evaluation rows
     guide_ids: list[str]  # the target rows a selection may use (all targets, or the split's selection half)
     split: dict | None  # {"fraction", "seed"} of a split
+    left_out: tuple[str, ...] = ()  # rows set aside before splitting: their answer does not fit max tokens
 
     @property
     def guide_key(self) -> str:
@@ -35,8 +37,11 @@ class EvaluationRows:
 
     def record(self) -> dict:
         """What an evaluation stores about its rows."""
-        return {"source": self.source, "split": self.split, "ids": [row.row_id for row in self.rows],
-                "guide_rows": len(self.guide_ids), "guide_key": self.guide_key}
+        record = {"source": self.source, "split": self.split, "ids": [row.row_id for row in self.rows],
+                  "guide_rows": len(self.guide_ids), "guide_key": self.guide_key}
+        if self.left_out:
+            record["left_out"] = list(self.left_out)
+        return record
 
     def describe(self) -> str:
         if self.source == "split":
@@ -64,19 +69,27 @@ def split_targets(targets: list[StoredRow], fraction: float, seed: int = 0) -> t
     return guide, evaluation
 
 
-def evaluation_rows(store: Store, project: str, split: float | None = None, seed: int = 0) -> EvaluationRows:
+def evaluation_rows(store: Store, project: str, split: float | None = None, seed: int = 0,
+                    usable: Callable[[StoredRow], bool] | None = None) -> EvaluationRows:
     """The project's evaluation rows: a split of its targets when ``split`` is given, else its evaluation file.
+    Rows for which ``usable`` is false (an answer cut off by max tokens: such a target has no feature to guide
+    with, and no answer to measure) are set aside first and recorded in ``left_out``.
     Raises ``ValueError`` when there are none, ``EvaluationOverlap`` when evaluation rows are also targets."""
     targets = store.rows(project, "targets")
     if not targets:
         raise ValueError(f"project {project!r} has no target rows: run `python -m core ingest --project {project} "
                          "--targets FILE`")
+    left_out: list[str] = []
     if split is not None:
+        if usable is not None:
+            left_out = [row.row_id for row in targets if not usable(row)]
+            targets = [row for row in targets if usable(row)]
         guide, held = split_targets(targets, split, seed)
         if not held or not guide:
             raise ValueError(f"the split of {len(targets)} target rows leaves one side empty: add target rows or "
                              "upload an evaluation file (ingest --eval FILE)")
-        return EvaluationRows("split", held, [row.row_id for row in guide], {"fraction": split, "seed": seed})
+        return EvaluationRows("split", held, [row.row_id for row in guide], {"fraction": split, "seed": seed},
+                              tuple(left_out))
     rows = store.rows(project, "eval")
     if not rows:
         raise ValueError(f"project {project!r} has no evaluation rows: upload an evaluation file (`python -m core "
@@ -89,7 +102,12 @@ def evaluation_rows(store: Store, project: str, split: float | None = None, seed
         raise EvaluationOverlap(
             f"{len(shared)} of {len(rows)} evaluation rows are also target rows ({examples}): rows that guide a "
             "selection cannot evaluate it; remove them from the evaluation file or use --eval-split")
-    return EvaluationRows("eval", rows, [row.row_id for row in targets], None)
+    if usable is not None:
+        left_out = [row.row_id for row in rows if not usable(row)]
+        rows = [row for row in rows if usable(row)]
+        if not rows:
+            raise ValueError(f"no row of project {project!r}'s evaluation file has an answer within max tokens")
+    return EvaluationRows("eval", rows, [row.row_id for row in targets], None, tuple(left_out))
 
 
 def check_guided_by(evaluation: EvaluationRows, run: dict) -> None:
