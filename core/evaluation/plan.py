@@ -31,7 +31,7 @@ from core.features.modeling import (
 )
 from core.selection.compare import default_params, matches_defaults
 from core.selection.methods import DEFAULT_RATIO, METHODS, budget_from
-from core.selection.runs import METHOD_ALIASES, feature_index, load_project_features, run_selection, with_targets
+from core.selection.runs import METHOD_ALIASES, load_project_features, run_selection, with_targets
 from core.store import Store, StoredRow
 
 # Bump when a code change alters what a unit measures with unchanged inputs: every unit key changes.
@@ -224,7 +224,8 @@ def plan_evaluation(
 def _selection_run(store: Store, project: str, method: str, budget: int, params: dict, features) -> str:
     """The id of a stored run of ``method`` at ``budget`` with its defaults (updated by ``params``) on these
     features and guiding rows, made now unless one exists: planning an evaluation again stores no second copy."""
-    wanted = {**default_params(method, feature_index(store, project, allow_partial=True)), **params}
+    # (default_params reads only the index's checkpoint weights, which the loaded features carry: no catalogue read)
+    wanted = {**default_params(method, features), **params}
     for run in store.selection_runs(project, method):
         if (run["feature_key"] == features.feature_key and run["budget"] == budget
                 and (run["params"].get("targets") or {}).get("guide_key") == features.guide_key

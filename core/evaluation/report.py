@@ -120,9 +120,8 @@ def _verdict(arm: ArmResult, random: ArmResult | None) -> str:
     seeds = f"{len([x for x in arm.losses if x is not None])} seed(s)"
     if arm.method == "zero-shot":
         return f"zero-shot (no training): held-out loss {arm.mean:.4f}"
-    if random is None or random.mean is None or arm is random:
+    if arm.vs_random is None:
         return f"{arm.label}: held-out loss {arm.mean:.4f} ({seeds}, spread ±{arm.spread:.4f})"
-    arm.vs_random = (arm.mean - random.mean) / random.mean
     spread = 100 * arm.spread / arm.mean
     noise = max(arm.spread or 0.0, random.spread or 0.0)
     within = " (within the seeds' spread)" if abs(arm.mean - random.mean) <= noise else ""
@@ -136,7 +135,10 @@ def evaluation_report(store: Store, evaluation_id: str) -> EvaluationReport:
     arms = [_arm_result(arm, units) for arm in plan.arms]
     randoms = {arm.budget: arm for arm in arms if arm.method == "random"}
     for arm in arms:
-        arm.verdict = _verdict(arm, randoms.get(arm.budget))
+        random = randoms.get(arm.budget)
+        if arm.method not in ("zero-shot", "random") and arm.mean is not None and random and random.mean is not None:
+            arm.vs_random = (arm.mean - random.mean) / random.mean
+        arm.verdict = _verdict(arm, random)
     return EvaluationReport(plan.id, plan.project, plan.rows, plan.args.to_dict(), arms, plan.notes)
 
 
