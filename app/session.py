@@ -15,6 +15,7 @@ from core.config import cache_dir
 from core.data.demo import DEMO_PROJECT
 from core.data.projects import create_demo_project
 from core.features.modeling import ModelError
+from core.jobs import progress_text, running_job
 from core.selection.runs import FeatureIndex, FeaturesIncomplete, FeaturesMissing, feature_index
 from core.store import Store, StoreError
 from core.views.map import layout_info, load_layout
@@ -123,21 +124,52 @@ def partial_features(project: str, error: FeaturesIncomplete, key: str) -> Featu
     return index
 
 
+JOB_POLL_S = 5  # how often a page waiting for a feature job redraws its progress
+
+
+def feature_job_progress(project: str) -> bool:
+    """While the project's feature job runs: its progress bar (rows done, ETA), redrawn every ``JOB_POLL_S``, and a
+    link to the Features page; the whole page runs again once the job ends.  False when no feature job runs."""
+    if running_job(store(), project) is None:
+        return False
+
+    @st.fragment(run_every=JOB_POLL_S)
+    def watch() -> None:
+        current = running_job(store(), project)
+        if current is None:
+            st.rerun()  # the job ended: the page itself now finds the features (or says why not)
+        job = current.job
+        st.progress(min(1.0, job.done / job.total) if job.total else 0.0,
+                    text=markdown_text(f"The feature {progress_text(current)}."))
+
+    watch()
+    page_link("features.py", "Watch or cancel it on the Features page", ":material/memory:")
+    return True
+
+
 def features_or_stop(project: str, needed_for: str, allow_partial_key: str | None = None) -> FeatureIndex:
-    """The project's FeatureIndex, or a message that says what to do (and the page stops there).
+    """The project's FeatureIndex, or a message that says what to do (and the page stops there): the running feature
+    job's progress when there is one (``feature_job_progress``), else a link to start it.
 
     With ``allow_partial_key`` an incomplete project offers the Allow partial features checkbox of that key."""
     try:
         return current_feature_index(project)
     except FeaturesIncomplete as error:
-        st.warning(f"{needed_for} needs the gradient features of every row. {markdown_text(error)}")
+        if running_job(store(), project) is not None:
+            st.info(f"{needed_for} needs the gradient features of every row: they are being computed now.")
+        else:
+            st.warning(f"{needed_for} needs the gradient features of every row. {markdown_text(error)}")
         index = partial_features(project, error, allow_partial_key) if allow_partial_key else None
         if index is not None:
             return index
-        page_link("features.py", "Compute the features on the Features page", ":material/memory:")
+        if not feature_job_progress(project):
+            page_link("features.py", "Compute the features on the Features page", ":material/memory:")
     except FeaturesMissing as error:
-        st.warning(f"{needed_for} needs the gradient features. {markdown_text(error)}")
-        page_link("features.py", "Compute the features on the Features page", ":material/memory:")
+        if feature_job_progress(project):
+            st.info(f"{needed_for} needs the gradient features: they are being computed now.")
+        else:
+            st.warning(f"{needed_for} needs the gradient features. {markdown_text(error)}")
+            page_link("features.py", "Compute the features on the Features page", ":material/memory:")
     except (ModelError, ValueError, OSError) as error:
         st.error(f"The project's features cannot be read: {markdown_text(error)}")
     st.stop()

@@ -19,7 +19,7 @@ states what was reduced against ``core.config.FineTuneArguments`` and why, and a
 
     python bench/loop.py [--per-source 60] [--ratio 0.05] [--seeds 3] [--epochs 1] [--max-tokens N]
                          [--generate-tokens N] [--tasks gsm8k,humaneval,mmlu] [--methods g2is,less,tsds,embedding]
-                         [--cache DIR]
+                         [--variants g2is-paper,g2is+center,...] [--cache DIR]
 
 Ends with ``figure: heldout_loss_vs_random_<task>_<method> = <method mean / random mean>`` and
 ``figure: zero_shot_loss_<task> = X`` lines.  Skips (exit 0, with a message) when ``../shared/data`` is absent.
@@ -35,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 # bench/quality.py: this script's folder is on sys.path
-from quality import SHARED_DATA, TARGET_SETS, sample_jsonl, write_inputs
+from quality import SHARED_DATA, TARGET_SETS, VARIANTS, sample_jsonl, write_inputs
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_METHODS = "g2is,less,tsds,embedding"  # random is always an arm (one draw per seed, the same budget)
@@ -122,6 +122,9 @@ def main() -> int:
     parser.add_argument("--tasks", default=",".join(TARGET_SETS), help="comma-separated: " + ",".join(TARGET_SETS))
     parser.add_argument("--methods", default=DEFAULT_METHODS,
                         help="comma-separated selection methods (random is always run beside them)")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated labels of bench/quality.py's VARIANTS run as more arms, e.g. the G2IS "
+                             "remedies g2is-paper,g2is+center,g2is+mutual (labelled as there)")
     parser.add_argument("--cache", type=Path, default=REPO / "cache" / "bench-quality")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on 2 cores shared with other work, 2 threads collapse)")
@@ -137,6 +140,11 @@ def main() -> int:
     if unknown or not tasks:
         parser.error(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TARGET_SETS)}")
     methods = [m for m in _names(args.methods) if m != "random"]
+    by_label = {label: (label, method, params) for label, method, params in VARIANTS}
+    unknown = [label for label in _names(args.variants) if label not in by_label]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(by_label)}")
+    variants = [by_label[label] for label in _names(args.variants)]
 
     import torch
 
@@ -210,7 +218,7 @@ def main() -> int:
     total_estimate = 0.0
     for task in tasks:
         started = time.perf_counter()
-        plan = plan_evaluation(store, projects[task], methods=methods, ratio=args.ratio, split=args.split,
+        plan = plan_evaluation(store, projects[task], methods=methods, variants=variants, ratio=args.ratio, split=args.split,
                                split_seed=args.split_seed, args=training[task])
         plans[task] = plan
         estimate = estimate_evaluation(store, plan)
@@ -236,7 +244,7 @@ def main() -> int:
         zero = report.zero_shot
         print(f"\n{task}: {report.rows_description}; budget {random_arm.budget} rows; "
               f"{training[task].epochs} epoch(s), {training[task].generate_tokens} decoded tokens")
-        print(f"  {'method':<11}{'held-out loss':>21}{'vs random':>11}{'exact match':>14}  per-seed losses")
+        print(f"  {'method':<20}{'held-out loss':>21}{'vs random':>11}{'exact match':>14}  per-seed losses")
         for arm in report.arms:
             checked = sum(units[k].checked for k in arm.unit_keys if k in units)
             correct = sum(units[k].correct for k in arm.unit_keys if k in units)
@@ -244,10 +252,12 @@ def main() -> int:
             versus = "-" if arm.vs_random is None else f"{100 * arm.vs_random:+.1f} %"
             accuracy = f"{100 * arm.accuracy:.1f} % ({correct}/{checked})" if arm.accuracy is not None else "-"
             seeds = ", ".join("pending" if x is None else f"{x:.4f}" for x in arm.losses)
-            name = arm.method if arm.method != "zero-shot" else "zero-shot"
-            print(f"  {name:<11}{loss:>21}{versus:>11}{accuracy:>14}  {seeds}")
+            # a variant arm goes by its quality.py label (several share a method), a method arm by its method
+            name = arm.label if arm.label in by_label else arm.method
+            print(f"  {name:<20}{loss:>21}{versus:>11}{accuracy:>14}  {seeds}")
             if arm.method not in ("random", "zero-shot") and arm.mean is not None and random_arm.mean:
-                figures[f"heldout_loss_vs_random_{task}_{arm.method.replace('-', '_')}"] = arm.mean / random_arm.mean
+                figure = name.replace("-", "_").replace("+", "_")
+                figures[f"heldout_loss_vs_random_{task}_{figure}"] = arm.mean / random_arm.mean
         print("  " + "\n  ".join(report.verdicts()))
         if zero.mean is not None:
             figures[f"zero_shot_loss_{task}"] = zero.mean

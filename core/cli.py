@@ -1,6 +1,6 @@
 """Headless command line: ``python -m core <command>``.
 
-    ingest         read pool/target files into a project (formats detected per file)
+    ingest         read pool/target files (JSONL, JSON, Parquet, CSV/TSV, save_to_disk folders) into a project
     demo           create the built-in demo project
     features       estimate, then compute (in a background worker, or on a Ray cluster) and cache gradient features
     status         rows, features and jobs of a project (``--json`` for machines)
@@ -8,7 +8,7 @@
     graph          build (or show the cached) kNN gradient graph of the pool
     select         run a selection method (g2is, less, tsds, random, embedding) and store the run
     walk           run G2IS and print its event stream, one event a line
-    export         write a stored selection as JSONL (messages, alpaca, sharegpt) with a manifest
+    export         write a stored selection as JSONL or Parquet (messages, alpaca, sharegpt) with a manifest
     evaluate       fine-tune on selections beside random and zero-shot; held-out loss and exact match per seed
     jobs | cancel | resume | run-job   manage background jobs (run-job is what a worker process executes)
 """
@@ -46,7 +46,7 @@ from core.jobs import (
     start_features_job,
     view,
 )
-from core.selection.export import EXPORT_FORMATS, export_selection
+from core.selection.export import EXPORT_FILE_TYPES, EXPORT_FORMATS, export_selection
 from core.selection.g2is import G2IS_METHODS, G2ISParams
 from core.selection.graph import DEFAULT_K, DEFAULT_K_NEG
 from core.selection.methods import DEFAULT_RATIO, METHODS
@@ -409,8 +409,16 @@ def cmd_export(args) -> int:
             raise ValueError(f"project {args.project!r} has no selection runs{' for ' + args.method if args.method else ''}: "
                              "run `python -m core select` first")
         run_id = runs[0]["id"]
-    manifest = export_selection(store, run_id, args.format, args.out)
+    manifest = export_selection(store, run_id, args.format, args.out, file_type=args.file_type,
+                                llamafactory=args.llamafactory)
     print(f"wrote {manifest['selected']} rows of run {run_id} to {manifest['path']} and {manifest['manifest_path']}")
+    factory = manifest["llamafactory"]
+    if factory:
+        print(f"LLaMA-Factory: dataset {factory['dataset']!r} in {factory['dataset_info']} "
+              f"(dataset_dir: {factory['dataset_dir']}, dataset: {factory['dataset']})")
+        if factory["skipped_rows"]:
+            print(f"warning: LLaMA-Factory would skip {len(factory['skipped_rows'])} rows whose turns do not alternate "
+                  f"user/assistant, e.g. {factory['skipped_rows'][:3]}", file=sys.stderr)
     return 0
 
 
@@ -443,10 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="G2IS Explorer: gradient-based instruction data selection")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ingest", help="read pool and target files into a project")
+    p = sub.add_parser("ingest", help="read pool and target files (.jsonl, .json, .parquet, .csv, .tsv or a datasets "
+                       "save_to_disk folder) into a project")
     p.add_argument("--project", required=True)
-    p.add_argument("--pool", nargs="+", default=[])
-    p.add_argument("--targets", nargs="+", default=[])
+    p.add_argument("--pool", nargs="+", default=[], help="pool files: .jsonl, .json, .parquet, .csv, .tsv, or a folder "
+                   "written by datasets' save_to_disk (format detected per file, from the columns for tables)")
+    p.add_argument("--targets", nargs="+", default=[], help="target files, of the same kinds as --pool")
     p.add_argument("--eval", nargs="+", default=[], help="evaluation rows for `evaluate` (never used to select)")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad rows abort the ingest (fail) or are skipped and reported")
     p.add_argument("--group-field", help="dotted field holding the target group/subtask (default: group, subtask, task, subject, category, meta.*)")
@@ -461,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="'smollm2' (default), a .gguf file, a model folder or a hub id")
     p.add_argument("--limit", type=int, help="only the first N pool rows")
     p.add_argument("--max-tokens", type=int)
+    p.add_argument("--truncation", choices=("right", "left"),
+                   help="which end a row longer than --max-tokens loses: right (default: a prompt that fills it leaves "
+                        "no answer, an error row) or left (the prompt's start, keeping the first answer whole)")
     p.add_argument("--lora-r", type=int)
     p.add_argument("--lora-alpha", type=int)
     p.add_argument("--lora-targets", help="comma-separated module names, e.g. q_proj,k_proj,v_proj,o_proj")
@@ -511,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--geometry", default=DEFAULT_GEOMETRY,
                    help=f"how neighbours are ranked: {DEFAULT_GEOMETRY} (default: the graph the default G2IS walks), "
-                        "cosine (the paper's, what g2is-paper walks), csls, local, centred+csls, centred+local")
+                        "cosine (the paper's, what g2is-paper walks), csls, local, mutual (mutual kNN), centred+csls, "
+                        "centred+local, centred+mutual")
     p.add_argument("--allow-partial", action="store_true", help=ALLOW_PARTIAL_HELP)
     p.add_argument("--stats", action="store_true",
                    help="diagnose hubness: in-degree skewness, the top hubs with their text, neighbour purity by source")
@@ -576,12 +590,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="write a stored selection as JSONL with a manifest")
+    p = sub.add_parser("export", help="write a stored selection as JSONL or Parquet with a manifest")
     p.add_argument("--project", required=True)
     p.add_argument("--run", help="selection run id (default: the project's latest, or latest of --method)")
     p.add_argument("--method")
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="messages")
-    p.add_argument("--out", help="output JSONL path (default: cache/exports/<run>.<format>.jsonl)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="messages", help="the records (default messages)")
+    p.add_argument("--file-type", choices=EXPORT_FILE_TYPES,
+                   help="the container, same records either way (default: --out's suffix .parquet, else jsonl)")
+    p.add_argument("--out", help="output path (default: cache/exports/<run>.<format>.<jsonl|parquet>)")
+    p.add_argument("--llamafactory", action="store_true",
+                   help="also write this export's entry into dataset_info.json beside the file (merged with the "
+                        "entries there), so LLaMA-Factory trains on it with dataset_dir: that folder, dataset: NAME")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("jobs", help="list jobs")

@@ -132,6 +132,9 @@ class FeatureSettings:
 
     model: str = DEFAULT_MODEL
     max_tokens: int = 256
+    # Which end a row longer than max_tokens loses: "right" (the end: a prompt that fills max_tokens leaves no answer,
+    # and the row is an error) or "left" (the prompt's start, keeping the first answer whole; modeling.encode_messages).
+    truncation: str = "right"
     lora: LoraArguments = field(default_factory=LoraArguments)
     warmup: WarmupArguments = field(default_factory=WarmupArguments)
     projection: ProjectionArguments = field(default_factory=ProjectionArguments)
@@ -149,6 +152,8 @@ class FeatureSettings:
     def __post_init__(self) -> None:
         if self.max_tokens < 8:
             raise ValueError(f"max_tokens must be >= 8 (got {self.max_tokens})")
+        if self.truncation not in ("right", "left"):
+            raise ValueError(f"truncation must be 'right' or 'left' (got {self.truncation!r})")
         if self.precision not in ("float32", "bf16"):
             raise ValueError(f"precision must be float32 or bf16 (got {self.precision!r})")
         if self.storage_dtype not in ("float32", "float16"):

@@ -94,6 +94,27 @@ def interrupted_message(store: Store) -> str:
     return text
 
 
+def running_job(store: Store, project: str, kind: str = "features") -> JobView | None:
+    """The project's newest job of ``kind`` whose worker is at it now (queued, running or cancelling), or None."""
+    for job in store.jobs(project):  # newest first
+        if job.kind == kind and job.status in ACTIVE:
+            current = view(store, job)
+            if current.status in ACTIVE:
+                return current
+    return None
+
+
+def progress_text(current: JobView) -> str:
+    """``job f-1a2b running: 120 of 340 rows (35 %), about 3 min left`` (the ETA once the job has a rate)."""
+    from core.features.estimate import format_duration
+
+    job = current.job
+    share = f" ({job.done / job.total:.0%})" if job.total else ""
+    eta = f", about {format_duration(job.eta_seconds)} left" if job.eta_seconds is not None else ""
+    phase = f" ({job.phase})" if job.phase else ""
+    return f"job {job.id} {current.status}{phase}: {job.done} of {job.total} rows{share}{eta}"
+
+
 def job_view(store: Store, job_id: str) -> JobView | None:
     job = store.job(job_id)
     return view(store, job) if job else None

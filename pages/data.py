@@ -60,7 +60,8 @@ with creation:
 # ------------------------------------------------------------------------------------------------ uploads
 
 st.subheader("Upload")
-st.caption("`.jsonl` or `.json` files in Alpaca, ShareGPT, chat `messages` or prompt/completion form, several per "
+st.caption("`.jsonl`, `.json`, `.parquet`, `.csv` or `.tsv` files in Alpaca, ShareGPT, chat `messages` or "
+           "prompt/completion form (columns for the tables), several per "
            "role. The uploaded files *replace* the role's rows; bad rows are left out and listed. Uploads are kept "
            "under the cache's `uploads/` folder.")
 
@@ -82,7 +83,8 @@ def show_outcome(outcome: data_view.UploadOutcome) -> None:
 
 
 def upload_section(role: str) -> None:
-    uploaded = st.file_uploader(f"{ROLE_LABELS[role]} files", type=["jsonl", "json"], accept_multiple_files=True,
+    uploaded = st.file_uploader(f"{ROLE_LABELS[role]} files", type=["jsonl", "json", "parquet", "csv", "tsv"],
+                                accept_multiple_files=True,
                                 key=f"data-upload-{role}-{project}")
     group_field = None
     if role == "targets":
@@ -170,7 +172,7 @@ try:
     if load_now:
         with st.spinner(f"Loading the tokenizer of {markdown_text(settings.model)}..."):
             tokenizer = tokenizer_for(settings.model, str(store.root))
-        view = data_view.token_view(tokenizer, row.messages, settings.max_tokens)
+        view = data_view.token_view(tokenizer, row.messages, settings.max_tokens, truncation=settings.truncation)
 except ModelError as error:
     st.error(f"The token view needs the project's model: {markdown_text(error)}")
 else:

@@ -1,19 +1,24 @@
-"""Export page: pick a stored selection run and a format (chat messages, Alpaca, ShareGPT), write it with its
-manifest under ``cache/exports/`` and download both.  A thin view over ``core.selection.export.export_selection``."""
+"""Export page: pick a stored selection run, a format (chat messages, Alpaca, ShareGPT) and a file type (JSONL,
+Parquet), write it with its manifest (and, if asked, a LLaMA-Factory ``dataset_info.json`` entry) under
+``cache/exports/``, show the manifest and download the files.  A thin view over
+``core.selection.export.export_selection``."""
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
 import streamlit as st
 
 from app import session
-from core.selection.compare import METHOD_TITLES
-from core.selection.export import EXPORT_FORMATS, export_selection
+from core.selection.compare import run_label
+from core.selection.export import EXPORT_FILE_TYPES, EXPORT_FORMATS, export_preview, export_selection
 from core.views.evaluate import run_evaluation_caption
 from core.views.text import markdown_code, markdown_text
 
 FORMAT_TITLES = {"messages": "chat messages", "alpaca": "Alpaca", "sharegpt": "ShareGPT"}
+FILE_TYPE_TITLES = {"jsonl": "JSONL", "parquet": "Parquet"}
+FILE_TYPE_MIMES = {"jsonl": "application/jsonl", "parquet": "application/vnd.apache.parquet"}
 
 store, project = session.store(), session.project()
 st.title("Export a selection")
@@ -23,13 +28,6 @@ if not runs:
     st.info(f"Project **{markdown_text(project)}** has no selection yet. Run one on the Walk or Compare page "
             f"(or {markdown_code(f'python -m core select --project {shlex.quote(project)} ...')}), then export it here.")
     st.stop()
-
-
-def run_label(run: dict) -> str:
-    ratio = run["params"].get("ratio")
-    budget = f"{run['selected']}/{run['budget']} rows" + (f" (ratio {ratio})" if ratio is not None else "")
-    method = METHOD_TITLES.get(run["method"], run["method"])
-    return f"{method} · {budget} · {run['created']:%Y-%m-%d %H:%M:%S} · {run['id']}"
 
 
 wanted = st.query_params.get("run")  # ?run=ID opens the page on that run (links from other pages)
@@ -42,6 +40,15 @@ fmt = st.radio("Format", EXPORT_FORMATS, format_func=FORMAT_TITLES.get, horizont
 if fmt == "alpaca":
     st.caption("Alpaca holds one user turn and one answer per row (a system prompt goes to its `system` field); "
                "a selection with longer chats cannot be written in it.")
+file_type = st.radio("File type", EXPORT_FILE_TYPES, format_func=FILE_TYPE_TITLES.get, horizontal=True,
+                     key="export-file-type")
+if file_type == "parquet":
+    st.caption("The same records as the JSONL, one Parquet row per example in selection order: "
+               '`datasets.load_dataset("parquet", data_files=...)` reads them as the JSONL reads with "json".')
+llamafactory = st.checkbox("LLaMA-Factory dataset_info.json entry", key="export-llamafactory",
+                           help="Also write this export's entry into dataset_info.json beside the file (merged with "
+                                "the entries already there), so LLaMA-Factory trains on it with `dataset_dir` set to "
+                                "that folder and `dataset: NAME`, without editing anything.")
 
 with st.expander("Run details", expanded=False):
     st.markdown(f"Method **{markdown_text(run['method'])}**, {run['selected']} of {run['budget']} rows, "
@@ -55,10 +62,10 @@ if run["notes"]:
     st.caption("Notes of the run (under-filled budgets, clipping, what the method decided):")
     st.text("\n".join(run["notes"]))
 
-key = f"export:{project}:{run['id']}:{fmt}"
+key = f"export:{project}:{run['id']}:{fmt}:{file_type}:{llamafactory}"
 if st.button("Export", type="primary", key="export-button"):
     try:
-        st.session_state[key] = export_selection(store, run["id"], fmt)
+        st.session_state[key] = export_selection(store, run["id"], fmt, file_type=file_type, llamafactory=llamafactory)
     except ValueError as error:
         st.error(f"Cannot export as {FORMAT_TITLES[fmt]}: {markdown_text(error)}")
     except OSError as error:
@@ -72,12 +79,30 @@ if manifest is not None:
     else:
         st.success(f"Wrote {manifest['selected']} rows as {FORMAT_TITLES[fmt]} to {markdown_code(path)} "
                    f"and the manifest to {markdown_code(manifest_path)} (exported {manifest['exported_at']}).")
-        data = path.read_bytes()
-        left, right = st.columns(2)
-        left.download_button("Download JSONL", data, file_name=path.name, mime="application/jsonl",
-                             key="export-download-jsonl", on_click="ignore", icon=":material/download:")
-        right.download_button("Download manifest", manifest_path.read_bytes(), file_name=manifest_path.name,
-                              mime="application/json", key="export-download-manifest", on_click="ignore",
-                              icon=":material/description:")
-        st.caption("First rows of the file:")
-        st.code("".join(data.decode("utf-8").splitlines(keepends=True)[:3]) or "(empty selection)", language="json")
+        factory = manifest.get("llamafactory")
+        info_path = Path(factory["dataset_info"]) if factory else None
+        columns = st.columns(3 if info_path is not None and info_path.exists() else 2)
+        columns[0].download_button(f"Download {FILE_TYPE_TITLES[file_type]}", path.read_bytes(), file_name=path.name,
+                                   mime=FILE_TYPE_MIMES[file_type], key=f"export-download-{file_type}",
+                                   on_click="ignore", icon=":material/download:")
+        columns[1].download_button("Download manifest", manifest_path.read_bytes(), file_name=manifest_path.name,
+                                   mime="application/json", key="export-download-manifest", on_click="ignore",
+                                   icon=":material/description:")
+        if len(columns) == 3:
+            columns[2].download_button("Download dataset_info.json", info_path.read_bytes(), file_name=info_path.name,
+                                       mime="application/json", key="export-download-dataset-info",
+                                       on_click="ignore", icon=":material/dataset:")
+        st.caption("First rows of the file" + (" (as `datasets` reads them):" if file_type == "parquet" else ":"))
+        st.code(export_preview(path, 3), language="json")
+        if factory:
+            st.markdown(f"**LLaMA-Factory**: dataset {markdown_code(factory['dataset'])} in "
+                        f"{markdown_code(factory['dataset_info'])}. In the training config:")
+            st.code(f"dataset_dir: {json.dumps(factory['dataset_dir'])}\ndataset: {json.dumps(factory['dataset'])}",
+                    language="yaml")
+            st.code(json.dumps({factory["dataset"]: factory["entry"]}, indent=2), language="json")
+            if factory["skipped_rows"]:
+                st.warning(f"LLaMA-Factory would skip {len(factory['skipped_rows'])} rows whose turns do not "
+                           f"alternate user/assistant, e.g. {markdown_text(', '.join(factory['skipped_rows'][:3]))}.")
+        with st.expander("Manifest (provenance for the paper: tool version, model and weights hash, feature "
+                         "settings, method, parameters, budget, coverage, ids, evaluation)", expanded=False):
+            st.json(manifest, expanded=1)

@@ -44,10 +44,15 @@ def settings_form(settings) -> None:
         dtypes = ["float32", "float16"]
         storage_dtype = storage_column.selectbox("Stored as", dtypes, dtypes.index(settings.storage_dtype),
                                                  help="float16 halves the feature files on disk")
-        r_column, alpha_column, targets_column = st.columns([1, 1, 3])
+        r_column, alpha_column, targets_column, truncation_column = st.columns([1, 1, 3, 1])
         lora_r = r_column.number_input("LoRA rank r", 1, 1024, settings.lora.r)
         lora_alpha = alpha_column.number_input("LoRA alpha", 1, 4096, settings.lora.alpha)
         lora_targets = targets_column.text_input("LoRA target modules", ",".join(settings.lora.target_modules))
+        sides = ["right", "left"]
+        truncation = truncation_column.selectbox(
+            "Truncation", sides, sides.index(settings.truncation),
+            help="which end a row longer than max tokens loses: right (a prompt that fills them leaves no answer) "
+                 "or left (the prompt's start, keeping the first answer whole)")
         kind_column, dim_column, factor_column, fraction_column, epochs_column, checkpoints_column = st.columns(6)
         projection_kind = kind_column.selectbox(
             "Projection", PROJECTION_KINDS, PROJECTION_KINDS.index(settings.projection.kind),
@@ -66,7 +71,8 @@ def settings_form(settings) -> None:
         if st.form_submit_button("Save settings"):
             try:
                 updated = edit_settings(
-                    settings, model=model, max_tokens=int(max_tokens), device=device, precision=precision,
+                    settings, model=model, max_tokens=int(max_tokens), truncation=truncation, device=device,
+                    precision=precision,
                     storage_dtype=storage_dtype, lora_r=int(lora_r),
                     lora_alpha=int(lora_alpha), lora_targets=lora_targets, projection_kind=projection_kind,
                     projection_dim=int(projection_dim), projection_factor_dim=int(factor_dim),

@@ -9,9 +9,9 @@ import shlex
 import streamlit as st
 
 from app import session
+from core.selection.compare import run_label
 from core.selection.graph import DEFAULT_K
 from core.views import graph as graph_view
-from core.views import map as maps
 from core.views.text import markdown_code, markdown_text
 
 store, project = session.store(), session.project()
@@ -100,7 +100,7 @@ else:
         st.info("No selection runs yet: run one on the Walk or Compare page to see its rows here.")
         st.stop()
     runs_by_id = {run["id"]: run for run in runs}
-    run_id = st.selectbox("Selection run", list(runs_by_id), format_func=lambda i: maps.run_label(runs_by_id[i]))
+    run_id = st.selectbox("Selection run", list(runs_by_id), format_func=lambda i: run_label(runs_by_id[i]))
     nodes, capped, missing = graph_view.selection_nodes(store, run_id, index.pool_ids, max_nodes=max_nodes)
     if missing:
         notes.append(f"{missing:,} picked rows are not in the current features and are left out.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import session
+from core.selection.compare import run_label
 from core.views import map as maps
 from core.views.text import markdown_text
 
@@ -44,7 +45,7 @@ if colour_mode == "a selection run":
     else:
         runs_by_id = {run["id"]: run for run in runs}
         run = runs_by_id[st.selectbox("Selection run", list(runs_by_id),
-                                      format_func=lambda i: maps.run_label(runs_by_id[i]))]
+                                      format_func=lambda i: run_label(runs_by_id[i]))]
         picked_ids = maps.selection_picks(store, run["id"])
         colouring = maps.colour_by_selection(reference, picked_ids, name=f"picked by {run['method']}")
 

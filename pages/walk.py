@@ -55,11 +55,14 @@ try:
 except FeaturesIncomplete as error:
     st.warning(f"The walk needs the gradient features of every row. {markdown_text(error)}")
     index = session.partial_features(project, error, "walk-allow-partial")
-    if index is None:
+    if index is None and not session.feature_job_progress(project):
         session.page_link("features.py", "Open the Features page")
 except FeaturesMissing as error:
-    st.warning(f"The walk needs gradient features. {markdown_text(error)}")
-    session.page_link("features.py", "Open the Features page")
+    if session.feature_job_progress(project):
+        st.info("The walk needs gradient features: they are being computed now. Stored walks are below.")
+    else:
+        st.warning(f"The walk needs gradient features. {markdown_text(error)}")
+        session.page_link("features.py", "Open the Features page")
 except (ValueError, RuntimeError, OSError) as error:
     st.error(f"The project's features cannot be read: {markdown_text(error)}")
 

@@ -234,3 +234,33 @@ def test_pages_without_features_say_what_to_do(cache, tmp_path, tiny_model_dir):
         assert any("no features for its current settings" in w.value for w in app.warning)
         assert [link.label for link in app.get("page_link")] == ["Compute the features on the Features page"]
         assert not app.get("plotly_chart") and not app.get("iframe")
+
+
+def test_pages_show_a_running_feature_job_instead_of_asking_to_start_one(cache, tmp_path, tiny_model_dir, capsys):
+    """Issue 19: Map, Graph, Walk, Compare and `core select` used to say "run `python -m core features`" while that
+    job was already running.  A real job row whose worker lock is held (by this process) is a running job."""
+    from core import jobs
+    from core.cli import main
+
+    store = Store()
+    ingest_files(store, "busy", "pool", [write_jsonl(tmp_path / "pool.jsonl", chat_rows(4, "pool"))])
+    ingest_files(store, "busy", "targets", [write_jsonl(tmp_path / "targets.jsonl", chat_rows(2, "target"))])
+    settings = FeatureSettings(model=str(tiny_model_dir), max_tokens=64)
+    store.ensure_project("busy", settings.to_dict())
+    job_id = jobs.start_features_job(store, "busy", settings, spawn=False)
+    with jobs._hold_lock(store, job_id):
+        store.update_job(job_id, status="running", done=30, total=120, rate=2.0, phase="pool features")
+        for page in ("map", "graph", "walk", "compare"):
+            app = open_page(page, "busy")
+            assert not app.exception, page
+            shown = " ".join(p.proto.text for p in app.get("progress")).replace("\\", "")  # (markdown-escaped)
+            assert f"job {job_id} running (pool features): 30 of 120 rows (25%), about 45 s left" in shown, page
+            assert [link.label for link in app.get("page_link")] == ["Watch or cancel it on the Features page"], page
+            assert not any("python -m core features" in w.value for w in app.warning), page
+        assert main(["select", "--project", "busy", "--method", "less", "--budget", "2"]) != 0
+        error = capsys.readouterr().err
+        assert f"the feature job {job_id} running" in error and "30 of 120 rows" in error
+        assert "run `python -m core features" not in error
+        store.update_job(job_id, status="done")
+    app = open_page("map", "busy")  # the job is over and left no features: back to the way to start one
+    assert [link.label for link in app.get("page_link")] == ["Compute the features on the Features page"]

@@ -46,11 +46,8 @@ class PageCheck:
     timeout_ms: int = 60_000
 
 
-DEFAULT_PAGE = "features"  # app/main.py's default page is served at "/", not at its url_path
-
-
 def page_path(page_name: str) -> str:
-    return "" if page_name == DEFAULT_PAGE else page_name
+    return page_name  # every page has its own URL (app/main.py: "/" forwards to /features)
 
 
 PLOT = ".js-plotly-plot"
@@ -139,6 +136,20 @@ def test_page_renders_without_errors(app, page_name):
     app.screenshot(f"{EXPLORE_PROJECT}-{page_name}")
     assert app.problems(check.expected_errors) == []
     assert f"project {EXPLORE_PROJECT}" in app.page.locator('[data-testid="stSidebar"]').inner_text()
+
+
+def test_every_page_has_its_own_url_and_the_root_opens_features(app):
+    """/features used to answer "Page not found" (Streamlit serves its default page at "/" only)."""
+    app.open("features", project=EXPLORE_PROJECT)
+    app.main().locator("h1", has_text="Gradient features").wait_for()
+    assert app.problems() == [] and app.page.url.split("?")[0].endswith("/features")
+    app.open("", project=EXPLORE_PROJECT)
+    app.main().locator("h1", has_text="Gradient features").wait_for()
+    app.page.wait_for_url(re.compile(r"/features\?project=" + EXPLORE_PROJECT))
+    assert app.problems() == []
+    assert f"project {EXPLORE_PROJECT}" in app.page.locator('[data-testid="stSidebar"]').inner_text()
+    links = app.page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+    assert "Start" not in " ".join(links) and "Features" in " ".join(links)
 
 
 def test_demo_project_features_page_renders(app, browser_cache):

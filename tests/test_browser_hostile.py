@@ -163,12 +163,8 @@ def script_ran(app: StreamlitPage) -> list[str]:
     return found
 
 
-def page_path(name: str) -> str:
-    return "" if name == "features" else name
-
-
 def open_page(app: StreamlitPage, name: str) -> None:
-    app.open(page_path(name), project=quote(PROJECT, safe=""), timeout_ms=150_000)
+    app.open(name, project=quote(PROJECT, safe=""), timeout_ms=150_000)
     main = app.main()
     main.locator("h1").first.wait_for()
     if name == "compare":  # the default 5 % of a 7-row pool is no row: ask for a number of rows instead

@@ -212,6 +212,30 @@ def test_loss_mask_covers_exactly_the_assistant_turns(tiny_model_dir):
     assert not encoded.truncated and encoded.error is None
 
 
+def test_left_truncation_keeps_the_first_answer_whole(tiny_model_dir):
+    tokenizer = load_tokenizer(resolve_model(str(tiny_model_dir)))
+    answer = "Paris is the capital."
+    long_prompt = [{"role": "user", "content": "word " * 200 + "capital of France?"}, {"role": "assistant", "content": answer}]
+    assert encode_messages(tokenizer, long_prompt, 32).error  # right truncation: no answer left
+    left = encode_messages(tokenizer, long_prompt, 32, "left")
+    whole = encode_messages(tokenizer, long_prompt, 10**6)
+    assert left.error is None and left.n_tokens == 32 and left.start == whole.n_tokens - 32
+    assert left.input_ids == whole.input_ids[-32:]  # the window ends where the row ends: the answer is intact
+    assert [t for t, m in zip(left.input_ids, left.loss_mask) if m] == [t for t, m in zip(whole.input_ids, whole.loss_mask) if m]
+    assert not left.loss_mask[0]
+    # A row whose first answer fits is encoded exactly as by right truncation, even when later turns are cut.
+    fits = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    assert encode_messages(tokenizer, fits, 32, "left") == encode_messages(tokenizer, fits, 32)
+    # An answer longer than the window keeps a quarter window of prompt before it and is cut on the right.
+    long_both = [{"role": "user", "content": "word " * 100}, {"role": "assistant", "content": "say " * 100}]
+    both = encode_messages(tokenizer, long_both, 32, "left")
+    first_answer = next(i for i, m in enumerate(encode_messages(tokenizer, long_both, 10**6).loss_mask) if m)
+    assert both.error is None and both.start == first_answer - 8 and sum(both.loss_mask) == 24
+    with pytest.raises(ValueError, match="truncation"):
+        encode_messages(tokenizer, fits, 32, "middle")
+
+
 def test_generation_tags_and_prefix_masking_agree(tiny_model_dir, tiny_model_with_tags_dir):
     plain = load_tokenizer(resolve_model(str(tiny_model_dir)))
     tagged = load_tokenizer(resolve_model(str(tiny_model_with_tags_dir)))

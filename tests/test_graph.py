@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.selection.g2is import Candidate, G2ISParams, prepare_walk, result_from_events, walk_events
 from core.selection.graph import (
+    NO_NEIGHBOR,
     GradientGraph,
     build_graph,
     normalize_rows,
@@ -12,6 +14,7 @@ from core.selection.graph import (
     resolve_backend,
     to_networkx,
 )
+from core.selection.hubness import hubness_stats
 
 
 def brute_force(features: np.ndarray, k: int, k_neg: int):
@@ -219,6 +222,43 @@ def test_rescaled_graphs_cut_the_hubs(rescale):
     assert np.array_equal(fixed.conflicts, plain.conflicts)  # conflict edges are not rescaled
 
 
+def test_the_mutual_graph_keeps_only_pairs_that_list_each_other():
+    rows = hub_pool()
+    plain = build_graph(rows, k=10)
+    mutual = build_graph(rows, k=10, rescale="mutual")
+    listed = {(i, int(j)) for i in range(len(rows)) for j in plain.neighbors[i]}
+    for i in range(len(rows)):
+        kept = mutual.neighbours_of(i)
+        # exactly the plain list's mutual entries, in the plain list's order, then padding
+        assert kept.tolist() == [int(j) for j in plain.neighbors[i] if (int(j), i) in listed]
+        assert (mutual.neighbors[i, len(kept):] == NO_NEIGHBOR).all()
+        places = [plain.neighbors[i].tolist().index(j) for j in kept]
+        assert np.array_equal(mutual.similarities[i, :len(kept)], plain.similarities[i, places])
+        assert np.isnan(mutual.similarities[i, len(kept):]).all()
+    assert np.array_equal(mutual.degree, [len(mutual.neighbours_of(i)) for i in range(len(rows))])
+    # symmetric, so every in-degree equals the out-degree (at most k): the hubs are gone
+    stats = hubness_stats(mutual.neighbors)
+    assert np.array_equal(stats.in_degree, mutual.degree) and stats.max_in_degree <= 10
+    assert hubness_stats(plain.neighbors).max_in_degree > 60
+    # the padding is no edge anywhere
+    edges = to_networkx(mutual, include_conflicts=False)
+    assert edges.number_of_edges() == mutual.degree.sum() // 2 and not edges.has_node(-1)
+
+
+def test_a_walk_on_a_mutual_graph_steps_only_along_mutual_edges():
+    rows = hub_pool(120, 16)
+    targets = rows[:6] + 0.1
+    params = G2ISParams(graph_rescale="mutual", k=8, n_components=2)
+    plan = prepare_walk(rows, targets, 20, params)
+    assert (plan.graph.neighbors == NO_NEIGHBOR).any()
+    events = list(walk_events(plan, record_candidates=True))
+    result = result_from_events(plan, events)
+    assert len(result.rows) == 20 and len(set(result.rows)) == 20
+    listed = {(i, int(j)) for i in range(len(rows)) for j in plan.graph.neighbours_of(i)}
+    local = [e for e in events if isinstance(e, Candidate) and e.phase == "local"]
+    assert any(e.verdict == "accepted" for e in local) and all((e.from_row, e.row) in listed for e in local)
+
+
 def test_csls_ranks_by_the_penalised_score():
     # Row 0's two candidates have the same cosine; the one that is close to everything (a hub) loses the tie.
     cands = np.array([[1, 2], [0, 2], [0, 1]])
@@ -234,4 +274,4 @@ def test_csls_ranks_by_the_penalised_score():
     neighbors, _ = rescaled_neighbors(cands, cosines, 1, "csls")
     assert neighbors[0, 0] == 2, r_hub  # 2*0.49 - r(2)=0.1 beats 2*0.5 - r(1)=0.9
     with pytest.raises(ValueError, match="rescale must be one of"):
-        build_graph(hub_pool(20, 8), k=3, rescale="mutual")
+        build_graph(hub_pool(20, 8), k=3, rescale="bogus")

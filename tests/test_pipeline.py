@@ -87,6 +87,27 @@ def test_a_warmup_of_zero_epochs_gives_finite_sign_like_pool_features(tmp_path, 
     assert pool.shape == (8, 256) and np.isfinite(pool).all() and (norms > 0).all()
 
 
+def test_several_warmup_checkpoints_are_walked_as_their_weighted_concatenation(tmp_path, cache, tiny_model_dir):
+    """``checkpoints="all"``: the pool and targets a selection sees are [sqrt(w_c) x_c] over the checkpoints, so a
+    dot product between pool rows is LESS's LR-weighted sum of per-checkpoint cosines."""
+    from core.selection.runs import load_project_features
+
+    store = Store()
+    make_project(tmp_path, store, n_pool=10, n_targets=4)
+    settings = tiny_settings(tiny_model_dir, warmup=WarmupArguments(fraction=0.3, epochs=2, batch_size=2, checkpoints="all"))
+    store.ensure_project("p", settings.to_dict())
+    run_features(store, "p", settings, log=lambda _: None)
+    features = load_project_features(store, "p")
+    weights = np.asarray(features.checkpoint_weights)
+    assert len(features.pool_by_checkpoint) == 2 and weights.sum() == pytest.approx(1.0) and (weights > 0).all()
+    assert features.pool.shape == (10, 512) and features.targets.shape == (4, 512)
+    assert np.allclose(np.linalg.norm(features.pool, axis=1), 1.0, atol=1e-5)
+    less_score = sum(w * m @ m.T for w, m in zip(weights, features.pool_by_checkpoint))
+    assert np.allclose(features.pool @ features.pool.T, less_score, atol=1e-5)
+    raw = [m / np.sqrt(w) for w, m in zip(weights, np.split(features.targets, 2, axis=1))]
+    assert all(np.allclose(r, t, atol=1e-4) for r, t in zip(raw, features.targets_by_checkpoint))
+
+
 def test_feature_keys_follow_what_changes_the_numbers(tmp_path, cache, tiny_model_dir, monkeypatch):
     """Same settings, same keys (the cache is found again); bf16 precision or a bumped FEATURE_CODE_VERSION give
     other keys, so features computed otherwise are never mistaken for these; batch size does not change them."""
@@ -108,6 +129,8 @@ def test_feature_keys_follow_what_changes_the_numbers(tmp_path, cache, tiny_mode
     assert kronecker[0] == default[0] and not set(kronecker[1:]) & set(default[1:])
     assert keys(projection=ProjectionArguments("kronecker", 256, factor_dim=8))[1:] != kronecker[1:]
     assert keys(projection=ProjectionArguments(dim=256, factor_dim=8)) == default  # only kronecker uses it
+    left = keys(truncation="left")  # left truncation encodes rows (the warmup's too) otherwise: all keys change
+    assert not set(left) & set(default)
     monkeypatch.setattr(core.features.featurize, "FEATURE_CODE_VERSION", 2)
     bumped = keys()
     assert not set(bumped) & set(default) and not set(bumped) & set(bf16)
@@ -173,7 +196,9 @@ def test_background_worker_and_bad_rows_are_recorded(tmp_path, cache, tiny_model
     progress = store.feature_progress("p", "pool", pool_key)
     assert (progress["rows"], progress["features"], progress["errors"]) == (13, 12, 1)
     assert 0 < progress["truncated"] < 12  # some answers run past 64 tokens: kept, truncated, and counted
-    assert store.feature_errors("p", "pool", pool_key) == [("too-long", "answer truncated away: the prompt alone is longer than max_tokens=64")]
+    assert store.feature_errors("p", "pool", pool_key) == [
+        ("too-long", "answer truncated away: the prompt alone is longer than max_tokens=64 "
+                     "(truncation 'left' would keep the answer)")]
     assert final.job.errors == 1 and final.job.done == final.job.total
     assert not final.alive
 

@@ -500,7 +500,7 @@ def test_centred_pool_walks_on_mean_removed_rows():
     assert np.allclose(plan.train, centred, atol=1e-6)  # graph, scores and checks all see the centred rows
     assert plan.graph.k == 5
     with pytest.raises(ValueError, match="graph_rescale must be one of"):
-        G2ISParams(graph_rescale="mutual")
+        G2ISParams(graph_rescale="bogus")
 
 
 def test_the_paper_profile_takes_no_remedy():

@@ -56,10 +56,17 @@ def test_batched_events_equal_the_in_memory_walk(tmp_path, delta, batch):
     assert stored(store, run.run_id) == expected
     # picks, scores and reasons as the walk computes them, and the same as one single write would store
     assert (run.result.rows, run.result.scores, run.result.reasons) == (result.rows, result.scores, result.reasons)
-    whole = run_selection(store, "p", "g2is-paper", budget=40, params={"k": K, "delta": delta}, features=features)
-    assert WALK_EVENT_BATCH > len(expected) and stored(store, whole.run_id) == expected
-    assert store.selection_rows(run.run_id) == store.selection_rows(whole.run_id)
-    assert [r["id"] for r in store.selection_runs("p")] == [whole.run_id, run.run_id]
+    other = Store(tmp_path / "other")
+    whole = run_selection(other, "p", "g2is-paper", budget=40, params={"k": K, "delta": delta}, features=features)
+    assert WALK_EVENT_BATCH > len(expected) and stored(other, whole.run_id) == expected
+    assert store.selection_rows(run.run_id) == other.selection_rows(whole.run_id)
+    # the same inputs again: the stored run is that run, not another copy (issue 19)
+    again = run_selection(store, "p", "g2is-paper", budget=40, params={"k": K, "delta": delta}, features=features)
+    assert again.run_id == run.run_id and again.events == run.events
+    assert [r["id"] for r in store.selection_runs("p")] == [run.run_id]
+    assert stored(store, run.run_id) == expected  # (the repeat's own events were discarded, not appended)
+    changed = run_selection(store, "p", "g2is-paper", budget=39, params={"k": K, "delta": delta}, features=features)
+    assert [r["id"] for r in store.selection_runs("p")] == [changed.run_id, run.run_id]
     # the Walk page's readers: windows across batch boundaries, kinds, picks
     window = store.walk_events(run.run_id, batch - 2, 3 * batch + 1)
     assert [e["step"] for e in window] == list(range(batch - 2, 3 * batch + 1))

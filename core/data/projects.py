@@ -32,7 +32,8 @@ def project_settings(store: Store, project: str) -> FeatureSettings:
 
 # Flat names of the settings a user edits (CLI flags, the Features page form) -> (nested group, field).
 EDITABLE_SETTINGS = {
-    "model": (None, "model"), "max_tokens": (None, "max_tokens"), "device": (None, "device"),
+    "model": (None, "model"), "max_tokens": (None, "max_tokens"), "truncation": (None, "truncation"),
+    "device": (None, "device"),
     "batch_size": (None, "batch_size"), "chunk_rows": (None, "chunk_rows"), "chunk_seconds": (None, "chunk_seconds"),
     "storage_dtype": (None, "storage_dtype"), "precision": (None, "precision"),
     "lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_targets": ("lora", "target_modules"),

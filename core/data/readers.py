@@ -1,4 +1,4 @@
-"""Instruction-data readers: ``.jsonl`` / ``.json`` files in, normalised chat rows out.
+"""Instruction-data readers: instruction files in, normalised chat rows out.
 
 This is the first stage of the pipeline.  It reads one file at a time, detects which of the four
 supported formats the file is in (the first record that detects as one fixes it), hands every record to
@@ -7,9 +7,15 @@ and reports every bad record with its file, line and a precise reason.  Nothing 
 non-blank line of a JSONL file (every element of a JSON array) comes out either as a ``Row`` or as a
 ``RowError``.
 
-Files are streamed: a ``.jsonl`` file is read line by line and a ``.json`` array element by element, so
-memory does not grow with the file (only the id index used to catch duplicates grows, ~50 bytes a row: see
-``SeenIds``).
+The container is chosen by suffix: ``.jsonl`` and ``.json`` are read here; ``.parquet``, ``.csv``, ``.tsv`` and
+a directory written by ``datasets``' ``save_to_disk`` are opened by ``core/data/tabular.py``, which turns each
+table row into the record dict a JSONL line would have decoded to.  Every record, whatever its container, is
+built into a row by ``_RowBuilder`` here, so ids, content hashes, error reasons and the fail / skip modes are the
+same (for tables the format comes from the columns, and errors count rows: "row 17", with the line for CSV).
+
+Files are streamed: a ``.jsonl`` file is read line by line and a ``.json`` array element by element (tables
+batch by batch or row by row), so memory does not grow with the file (only the id index used to catch
+duplicates grows, ~50 bytes a row: see ``SeenIds``).
 
 What is accepted on purpose (tests/test_fuzz_inputs.py tries each): a UTF-8 byte-order mark at the start of the
 file, CRLF line ends, blank lines (counted, not rows), keys no format uses (ignored), the literals ``NaN`` /
@@ -21,7 +27,8 @@ in skip mode), a file that cannot be read at all a ``FormatError``.  Inside a ``
 ends the reading of that file (the rest is reported as not read), since where the next record starts is
 unknown.
 
-Only the standard library is used; nothing here knows about the store, the model or the app.
+The JSON readers use only the standard library (the tabular ones pyarrow); nothing here knows about the store,
+the model or the app.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from core.data import tabular
 from core.data.records import (
     FORMAT_KEYS,
     BadRowsError,
@@ -63,6 +71,7 @@ _WHITESPACE_RUN = re.compile(r"[ \t\r\n]*")
 # valid UTF-8 never produces them, so finding one means the raw bytes were broken.
 _ESCAPED_BAD_BYTE = re.compile("[\udc80-\udcff]")
 _READ_CHUNK_BYTES = 1 << 20
+SUPPORTED_FILES = ".jsonl, .json, .parquet, .csv or .tsv"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,7 +174,8 @@ _RawRecord = tuple[int, Any, "str | None"]
 
 
 def _open_checked(path: Any, file: str) -> tuple[Path, str]:
-    """The path and its kind ("jsonl" or "json"), or FormatError for every whole-file problem we can see."""
+    """The path and its kind ("jsonl", "json" or one of ``tabular.KINDS``), or FormatError for every whole-file
+    problem we can see."""
     location = Path(path)
     if not _is_valid_unicode(file):  # a name in another encoding: it would end up in messages and the store
         shown = file.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -178,14 +188,20 @@ def _open_checked(path: Any, file: str) -> tuple[Path, str]:
         reason = getattr(error, "strerror", None) or str(error)
         raise FormatError(f"{file}: cannot read the file ({reason}); check the path") from None
     if stat.S_ISDIR(mode):
-        raise FormatError(f"{file}: is a directory, not a file; give a .jsonl or .json file")
+        if tabular.is_dataset_folder(location):
+            return location, tabular.DATASET_FOLDER
+        raise FormatError(f"{file}: is a directory, not a file (nor a datasets save_to_disk folder); "
+                          f"give a {SUPPORTED_FILES} file")
     if not stat.S_ISREG(mode):  # reading a pipe or a device could block or never end
-        raise FormatError(f"{file}: is not a regular file (a pipe, socket or device); give a .jsonl or .json file")
+        raise FormatError(f"{file}: is not a regular file (a pipe, socket or device); give a {SUPPORTED_FILES} file")
     suffix = location.suffix.lower()
-    if suffix not in (".jsonl", ".json"):
-        shown = f"'{location.suffix}'" if location.suffix else "(no extension)"
-        raise FormatError(f"{file}: unsupported file type {shown}: use .jsonl or .json")
-    return location, suffix[1:]
+    if suffix in (".jsonl", ".json"):
+        return location, suffix[1:]
+    if suffix in tabular.TABULAR_SUFFIXES:
+        return location, tabular.TABULAR_SUFFIXES[suffix]
+    shown = f"'{location.suffix}'" if location.suffix else "(no extension)"
+    raise FormatError(f"{file}: unsupported file type {shown}: use {SUPPORTED_FILES} (or a datasets save_to_disk "
+                      "folder)")
 
 
 def _jsonl_records(handle: BinaryIO, file: str, report: ReadReport) -> Iterator[_RawRecord]:
@@ -275,7 +291,7 @@ _NOT_JSON_STARTS = (
     (b"\x28\xb5\x2f\xfd", "is zstd-compressed; decompress it first (unzstd)"),
     (b"BZh", "is bzip2-compressed; decompress it first (bunzip2)"),
     (b"\xfd7zXZ\x00", "is xz-compressed; decompress it first (unxz)"),
-    (b"PAR1", "is a Parquet file; convert it to JSON Lines first"),
+    (b"PAR1", "is a Parquet file; rename it to .parquet"),
 )
 
 
@@ -467,6 +483,12 @@ class _RowBuilder:
         self.group_field = group_field
         self.format: str | None = None
         self.format_line = 0
+        self.format_origin = ""  # "detected at line 3", or "from its columns" for a table
+
+    def fix_format(self, fmt: str, origin: str) -> None:
+        """Set the file's format before any record (a table's columns fix it)."""
+        self.format, self.format_origin = fmt, origin
+        self.report.format = fmt
 
     def build(self, record: dict, line: int) -> Row:
         fmt = detect_format(record)
@@ -476,13 +498,13 @@ class _RowBuilder:
                                  f"expected one of: {_expected_formats()}")
             missing = [key for key in FORMAT_KEYS[self.format] if key not in record]
             raise RowProblem(f"{self.format}: missing {', '.join(_show(key) for key in missing)} "
-                             f"(this file is {self.format}, detected at line {self.format_line})")
+                             f"(this file is {self.format}, {self.format_origin})")
         if self.format is None:
             self.format, self.format_line = fmt, line
+            self.format_origin = f"detected at line {line}"
             self.report.format = fmt
         elif fmt != self.format:
-            raise RowProblem(f"record is in {fmt} format but this file is {self.format} "
-                             f"(detected at line {self.format_line})")
+            raise RowProblem(f"record is in {fmt} format but this file is {self.format} ({self.format_origin})")
 
         messages = normalise(record, fmt)
         explicit_id = _explicit_id(record)
@@ -514,7 +536,7 @@ def iter_rows(
     seen: SeenIds | dict[str, tuple[str, int]] | None = None,
     group_field: str | None = None,
 ) -> Iterator[Row]:
-    """Stream the good rows of one ``.jsonl`` / ``.json`` file.
+    """Stream the good rows of one ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` / ``.tsv`` file or save_to_disk folder.
 
     Every bad record is appended to ``report.errors``.  With ``on_error="fail"`` a ``BadRowsError`` listing
     all of this file's errors is raised once the file has been read to the end -- the good rows before it
@@ -535,7 +557,36 @@ def iter_rows(
     errors_before = len(report.errors)
     location, kind = _open_checked(path, file)
     builder = _RowBuilder(file, report, seen, group_field)
+    if kind in tabular.KINDS:
+        yield from _table_rows(location, file, kind, builder, report, group_field)
+    else:
+        yield from _json_rows(location, file, kind, builder, report)
+    new_errors = report.errors[errors_before:]
+    if on_error == "fail" and new_errors:
+        raise BadRowsError(new_errors)
 
+
+def _table_rows(location: Path, file: str, kind: str, builder: _RowBuilder, report: ReadReport,
+                group_field: str | None) -> Iterator[Row]:
+    """The rows of a Parquet / CSV / TSV file or save_to_disk folder; errors counted by row ("row 17 (line 18)")."""
+    table = tabular.open_table(location, file, kind, report, group_field)
+    builder.fix_format(table.format, "from its columns")
+    for number, line, record, problem in table.records:
+        if problem is None:
+            try:
+                row = builder.build(record, number)
+            except RowProblem as reason:
+                problem = str(reason)
+        if problem is not None:
+            place = f"row {number}" if line is None else f"row {number} (line {line})"
+            report.errors.append(RowError(file, number, f"{place}: {problem}"))
+            continue
+        report.rows += 1
+        yield row
+
+
+def _json_rows(location: Path, file: str, kind: str, builder: _RowBuilder, report: ReadReport) -> Iterator[Row]:
+    """The rows of a .jsonl / .json file; FormatError when no record is in a known format."""
     records_read = 0
     first_problem: RowError | None = None
     first_keys: str | None = None
@@ -586,9 +637,6 @@ def iter_rows(
                               "write one JSON object per line (.jsonl) or a JSON array of objects (.json)")
         raise FormatError(f"{file}: no record is a JSON object (first problem: {first_problem}); "
                           f"expected objects in one of: {_expected_formats()}")
-    new_errors = report.errors[errors_before:]
-    if on_error == "fail" and new_errors:
-        raise BadRowsError(new_errors)
 
 
 def read_rows(

@@ -34,14 +34,15 @@ class EvalExample:
     answer: CheckableAnswer | None
 
 
-def prepare_examples(tokenizer, rows, max_tokens: int) -> list[EvalExample]:
+def prepare_examples(tokenizer, rows, max_tokens: int, truncation: str = "right") -> list[EvalExample]:
     """Encode the evaluation rows (``StoredRow``s); rows whose answer does not fit ``max_tokens`` are left out of
     the loss by ``heldout_losses`` (their encoding carries the error)."""
     examples = []
     for row in rows:
         answer = reference_answer(row.messages)
         prompt = encode_prompt(tokenizer, row.messages, max_tokens) if answer is not None else None
-        examples.append(EvalExample(row.row_id, encode_messages(tokenizer, row.messages, max_tokens), prompt, answer))
+        examples.append(EvalExample(row.row_id, encode_messages(tokenizer, row.messages, max_tokens, truncation),
+                                    prompt, answer))
     return examples
 
 

@@ -132,6 +132,7 @@ def plan_evaluation(
     *,
     runs: Sequence[str] = (),
     methods: Sequence[str] = (),
+    variants: Sequence[tuple[str, str, dict]] = (),
     budget: int | None = None,
     ratio: float | None = None,
     split: float | None = None,
@@ -141,7 +142,9 @@ def plan_evaluation(
     allow_partial: bool = False,
 ) -> EvaluationPlan:
     """Plan (and store) the evaluation of stored runs and/or methods run now at one budget, beside random at the
-    same budget and zero-shot.  Raises ``EvaluationOverlap`` when rows that guided a selection would evaluate it."""
+    same budget and zero-shot.  ``variants``: more arms run now, each (label, method, params), e.g. a G2IS profile
+    with one remedy ("g2is+center", "g2is", {"center_pool": True}).  Raises ``EvaluationOverlap`` when rows that
+    guided a selection would evaluate it."""
     args = args or FineTuneArguments()
     settings = project_settings(store, project)
     resolved = resolve_model(settings.model)
@@ -150,9 +153,12 @@ def plan_evaluation(
     # A row whose answer does not fit (the features' max tokens, or the fine-tune's) can neither guide nor measure.
     fits = min(max_tokens, settings.max_tokens)
     evaluation = evaluation_rows(store, project, split, split_seed,
-                                 usable=lambda row: encode_messages(tokenizer, row.messages, fits).error is None)
+                                 usable=lambda row: encode_messages(tokenizer, row.messages, fits,
+                                                                    settings.truncation).error is None)
     context = [model_key(resolved), template_key(tokenizer), max_tokens,
                sorted(row.content_hash for row in evaluation.rows)]
+    if settings.truncation != "right":  # (units keyed before the setting existed keep their keys)
+        context.append(["truncation", settings.truncation])
     pool = {row.row_id: row for row in store.rows(project, "pool")}
     seeds = list(range(args.seeds))
     arms: list[Arm] = []
@@ -177,8 +183,9 @@ def plan_evaluation(
         arms.append(selection_arm(f"{METHOD_LABELS.get(run['method'], run['method'])} ({run_id})", run["method"], run_id))
     budgets = sorted({arm.budget for arm in arms})
     features = None
-    wanted = [METHOD_ALIASES.get(m, m) for m in methods if METHOD_ALIASES.get(m, m) != "random"]
-    for method in wanted:
+    wanted = [(METHOD_LABELS.get(m, m), m, {}) for m in (METHOD_ALIASES.get(m, m) for m in methods) if m != "random"]
+    wanted += [(label, METHOD_ALIASES.get(method, method), dict(params)) for label, method, params in variants]
+    for _, method, _ in wanted:
         if method not in METHODS:
             raise ValueError(f"unknown selection method {method!r}; choose from {', '.join(METHODS)}")
     if wanted or not budgets:
@@ -187,9 +194,9 @@ def plan_evaluation(
                                           else DEFAULT_RATIO, budget=budget)
         notes += budget_notes
         budgets = sorted(set(budgets) | {count})
-        for method in wanted:
-            run_id = _selection_run(store, project, method, count, {}, features)
-            arms.append(selection_arm(METHOD_LABELS.get(method, method), method, run_id))
+        for label, method, params in wanted:
+            run_id = _selection_run(store, project, method, count, params, features)
+            arms.append(selection_arm(label, method, run_id))
     for count in budgets:  # random at every budget judged, one draw per seed (each its own selection run)
         features = features or _guided_features(store, project, evaluation, allow_partial)
         label = "random" if len(budgets) == 1 else f"random (k={count})"
@@ -276,7 +283,7 @@ def estimate_evaluation(store: Store, plan: EvaluationPlan) -> EvaluationEstimat
 
     def tokens_of(row: StoredRow) -> int:
         if row.content_hash not in lengths:
-            lengths[row.content_hash] = encode_messages(tokenizer, row.messages, plan.max_tokens).n_tokens
+            lengths[row.content_hash] = encode_messages(tokenizer, row.messages, plan.max_tokens, plan.settings.truncation).n_tokens
         return lengths[row.content_hash]
 
     eval_tokens = sum(tokens_of(row) for row in eval_rows)

@@ -42,7 +42,8 @@ def run_evaluation(store: Store, evaluation_id: str, *, should_cancel: Callable[
     if missing:
         raise ValueError(f"{len(missing)} evaluation rows of {evaluation_id} are no longer in project {plan.project!r} "
                          f"(e.g. {missing[0]!r}: the {eval_role} rows were replaced): plan the evaluation again")
-    examples = prepare_examples(tokenizer, [by_id[i] for i in plan.rows["ids"]], plan.max_tokens)
+    examples = prepare_examples(tokenizer, [by_id[i] for i in plan.rows["ids"]], plan.max_tokens,
+                                plan.settings.truncation)
     checkable = sum(1 for e in examples if e.answer is not None and e.prompt_ids is not None) if plan.args.generate_tokens else 0
     pool = {row.row_id: row for row in store.rows(plan.project, "pool")}
     progress = Progress(total=sum(_unit_work(u, len(examples), checkable, plan.args.epochs) for u in pending))
@@ -67,7 +68,7 @@ def run_evaluation(store: Store, evaluation_id: str, *, should_cancel: Callable[
             if gone:
                 raise ValueError(f"{len(gone)} selected rows of {labels[unit.key]} are no longer in the pool (e.g. "
                                  f"{gone[0]!r}): plan the evaluation again")
-            encoded = [encode_messages(tokenizer, pool[row_id].messages, plan.max_tokens) for row_id in unit.train_ids]
+            encoded = [encode_messages(tokenizer, pool[row_id].messages, plan.max_tokens, plan.settings.truncation) for row_id in unit.train_ids]
             train = [row for row in encoded if row.error is None]  # (an answer truncated away has nothing to learn)
         measured = measure_unit(resolved, tokenizer, device, train, examples, plan.args, unit.seed, step)
         adapter = None

@@ -68,7 +68,7 @@ def estimate_cost(store: Store, plan: FeaturePlan, tokenizer) -> CostEstimate:
     for rows in plan.missing.values():
         for row in rows:
             if row.content_hash not in lengths:
-                encoded = encode_messages(tokenizer, row.messages, settings.max_tokens)
+                encoded = encode_messages(tokenizer, row.messages, settings.max_tokens, settings.truncation)
                 lengths[row.content_hash] = (encoded.n_tokens, encoded.truncated)
     tokens = sum(lengths[r.content_hash][0] for rows in plan.missing.values() for r in rows)
     truncated = sum(1 for n, t in lengths.values() if t)

@@ -106,6 +106,8 @@ def _base_description(settings: FeatureSettings, mkey: str, tkey: str) -> dict:
         "lora": asdict(settings.lora),
         "template": tkey,
         "max_tokens": settings.max_tokens,
+        # "right" keys stay what they were before the setting existed
+        **({"truncation": settings.truncation} if settings.truncation != "right" else {}),
     }
 
 
@@ -239,8 +241,9 @@ class FeatureChunk:
         return sum(entry.n_tokens for entry in self.entries)
 
 
-def _encode_all(tokenizer, rows: list[StoredRow], max_tokens: int) -> dict[str, EncodedRow]:
-    return {row.content_hash: encode_messages(tokenizer, row.messages, max_tokens) for row in rows}
+def _encode_all(tokenizer, rows: list[StoredRow], settings: FeatureSettings) -> dict[str, EncodedRow]:
+    return {row.content_hash: encode_messages(tokenizer, row.messages, settings.max_tokens, settings.truncation)
+            for row in rows}
 
 
 @dataclass
@@ -285,7 +288,7 @@ def prepare_run(
         return PreparedRun(plan, progress, {}, tokenizer.pad_token_id, device, None)
 
     model = add_lora(load_model(resolved, device), settings.lora) if needs_model else None
-    encoded = _encode_all(tokenizer, [r for rows in plan.missing.values() for r in rows] + warmup_rows, settings.max_tokens)
+    encoded = _encode_all(tokenizer, [r for rows in plan.missing.values() for r in rows] + warmup_rows, settings)
     if plan.missing_checkpoints:
         _run_warmup(store, plan, model, [encoded[r.content_hash] for r in warmup_rows], tokenizer.pad_token_id,
                     job_id, progress, report, should_cancel, log)

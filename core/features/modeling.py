@@ -358,6 +358,7 @@ class EncodedRow:
     loss_mask: tuple[bool, ...]  # same length as input_ids; True where the token is a training target
     full_length: int  # tokens before truncation
     error: str | None = None
+    start: int = 0  # tokens dropped on the left (truncation "left"); the window is [start, start + n_tokens)
 
     @property
     def n_tokens(self) -> int:
@@ -403,7 +404,17 @@ def assistant_char_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]
     return text, spans
 
 
-def encode_messages(tokenizer, messages, max_tokens: int) -> EncodedRow:
+TRUNCATION_SIDES = ("right", "left")
+
+
+def encode_messages(tokenizer, messages, max_tokens: int, truncation: str = "right") -> EncodedRow:
+    """The row rendered by the chat template and tokenised, cut to ``max_tokens``, with its assistant-token mask.
+
+    ``truncation``: "right" keeps the first ``max_tokens`` tokens, so a prompt that alone fills them leaves no answer
+    (an error row).  "left" drops prompt tokens from the start instead, where that is what keeps the *first* answer
+    intact (``_left_window_start``); a row whose first answer fits already is encoded exactly as by "right"."""
+    if truncation not in TRUNCATION_SIDES:
+        raise ValueError(f"truncation must be one of {TRUNCATION_SIDES}, got {truncation!r}")
     messages = [dict(m) for m in messages]
     if has_generation_tags(tokenizer):
         encoded = tokenizer.apply_chat_template(
@@ -417,17 +428,36 @@ def encode_messages(tokenizer, messages, max_tokens: int) -> EncodedRow:
         ids = list(encoded["input_ids"])
         mask = [any(start <= begin < stop for start, stop in spans) for begin, _ in encoded["offset_mapping"]]
     full_length = len(ids)
-    # The loss at position t predicts token t+1, so a label on the first token is never used.
+    start = _left_window_start(mask, max_tokens) if truncation == "left" and full_length > max_tokens else 0
+    ids, mask = ids[start:start + max_tokens], mask[start:start + max_tokens]
+    # The loss at position t predicts token t+1, so a label on the window's first token is never used.
     if mask:
         mask[0] = False
-    ids, mask = ids[:max_tokens], mask[:max_tokens]
     error = None
     if not any(mask):
         if full_length > max_tokens:
-            error = f"answer truncated away: the prompt alone is longer than max_tokens={max_tokens}"
+            error = (f"answer truncated away: the prompt alone is longer than max_tokens={max_tokens} "
+                     "(truncation 'left' would keep the answer)")
         else:
             error = "no assistant tokens to train on (empty answer after rendering)"
-    return EncodedRow(tuple(ids), tuple(mask), full_length, error)
+    return EncodedRow(tuple(ids), tuple(mask), full_length, error, start)
+
+
+def _left_window_start(mask: list[bool], max_tokens: int) -> int:
+    """Where a left-truncated window of ``max_tokens`` starts: as early as possible, but late enough that the first
+    assistant turn ends inside it, and never later than a quarter window (or the whole prompt, if shorter) before
+    that turn's first token, so the answer keeps some context; an answer longer than the rest is cut on the right."""
+    trained = [i for i, flag in enumerate(mask) if flag and i > 0]
+    if not trained:
+        return 0
+    first = trained[0]
+    end = first
+    while end < len(mask) and mask[end]:
+        end += 1
+    if end <= max_tokens:
+        return 0
+    context = min(first, max_tokens // 4)
+    return max(0, min(end - max_tokens, first - context))
 
 
 def encode_prompt(tokenizer, messages, max_tokens: int) -> tuple[int, ...] | None:

@@ -119,8 +119,11 @@ def params_caption(method: str, params: dict, defaults: dict | None = None) -> s
 
 
 def run_label(run: dict, defaults: dict | None = None) -> str:
-    """How a stored run is offered in a choice: its parameters, when it was made and its id."""
-    return f"{params_caption(run['method'], run['params'], defaults)} · {run['created']:%Y-%m-%d %H:%M} · {run['id']}"
+    """How a stored run is named wherever it is offered (Walk, Map, Graph, Compare, Export): its method and
+    parameters, its rows, when it was made and its id, e.g. ``g2is · δ=0.8 · val_k=0.5 · k=32 · 22 rows ·
+    2026-12-04 18:30 · g2is-1a2b3c``."""
+    return (f"{params_caption(run['method'], run['params'], defaults)} · {run['selected']} rows · "
+            f"{run['created']:%Y-%m-%d %H:%M} · {run['id']}")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class G2ISParams:
     # Remedies for what the walk walks on (issue 17). Off here, as in the authors' Algorithm 1; the "g2is" profile
     # turns on DEFAULT_REMEDIES (below), "g2is-paper" keeps them off:
     center_pool: bool = False  # walk (graph, scores, checks) on the unit pool rows minus their mean, re-normalised
-    graph_rescale: str = "none"  # neighbour ranking of the graph: "none" (cosine), "csls" or "local" (graph.py)
+    graph_rescale: str = "none"  # the graph's neighbours: "none" (cosine kNN), "csls", "local" or "mutual" (graph.py)
     align_signs: bool = False  # flip each PCA component to a non-negative dot with the mean target gradient
 
     def __post_init__(self):
@@ -451,7 +451,7 @@ def walk_events(plan: WalkPlan, record_candidates: bool | None = None) -> Iterat
         while len(walk.rows) < b_v:
             accepted: Candidate | None = None
             if graph is not None:
-                neighbours = graph.neighbors[last]
+                neighbours = graph.neighbours_of(last)  # (shorter than k in a mutual graph)
                 taken = excluded[neighbours]
                 new, consistent = walk.consistency(neighbours)
                 conflict, worst_dot, worst_row = walk.conflicts(neighbours)

@@ -49,13 +49,17 @@ BACKENDS = ("auto", "torch", "faiss")
 # a hub, close to everything, has a large r and drops down everyone's list.  "local": by local scaling (Zelnik-
 # Manor & Perona 2004) of the cosine distance d, exp(-d^2 / (s(x) s(y))) with s the distance to the k-th
 # neighbour.  Both re-rank the ``RESCALE_CANDIDATES`` x k nearest candidates by cosine (a hub outside them is far).
-RESCALE_MODES = ("none", "csls", "local")
+# "mutual": the mutual kNN graph (j stays in i's list only when i is in j's): a hub is kept only by the few rows it
+# lists itself, so every in-degree is at most k.  Its lists are shorter than k and padded with ``NO_NEIGHBOR``.
+RESCALE_MODES = ("none", "csls", "local", "mutual")
 RESCALE_CANDIDATES = 4
+NO_NEIGHBOR = -1  # the padding of a shortened neighbour list (similarity NaN); real neighbours come first
 
 
 @dataclass(frozen=True, eq=False)
 class GradientGraph:
     """kNN adjacency by cosine.  Row i of ``neighbors`` lists i's k most similar rows (self excluded), best first.
+    A mutual graph lists fewer: its row i ends in ``NO_NEIGHBOR`` entries after its ``degree[i]`` real neighbours.
 
     ``conflicts`` lists each row's ``k_neg`` least similar rows, most negative first.  When a row has fewer than
     ``k_neg`` negative neighbours the list still has ``k_neg`` entries and the tail is non-negative; consumers that
@@ -75,6 +79,16 @@ class GradientGraph:
     @property
     def k_neg(self) -> int:
         return int(self.conflicts.shape[1])
+
+    @property
+    def degree(self) -> np.ndarray:
+        """Each row's number of real neighbours (k everywhere but in a mutual graph)."""
+        return (self.neighbors != NO_NEIGHBOR).sum(axis=1)
+
+    def neighbours_of(self, row: int) -> np.ndarray:
+        """Row ``row``'s real neighbours, best first (its list without the padding)."""
+        listed = self.neighbors[row]
+        return listed[:int((listed != NO_NEIGHBOR).sum())]
 
 
 def normalize_rows(features: np.ndarray, block_bytes: int = 32 * 2**20, out: np.ndarray | None = None) -> np.ndarray:
@@ -273,12 +287,14 @@ def build_graph(
         return GradientGraph(empty_i, empty_f, empty_i.copy(), empty_f.copy(), 0)
     if rescale not in RESCALE_MODES:
         raise ValueError(f"rescale must be one of {RESCALE_MODES}, got {rescale!r}")
-    wide = k if rescale == "none" else min(n - 1, RESCALE_CANDIDATES * k)
+    wide = k if rescale in ("none", "mutual") else min(n - 1, RESCALE_CANDIDATES * k)
     if backend == "torch":
         arrays = _topk_torch(unit, wide, k_neg, _pick_device(device), memory_bytes, tie_tol)
     else:
         arrays = _topk_faiss(unit, wide, k_neg, tie_tol)
-    if rescale != "none":
+    if rescale == "mutual":
+        arrays = (*mutual_neighbors(arrays[0], arrays[1]), arrays[2], arrays[3])
+    elif rescale != "none":
         arrays = (*rescaled_neighbors(arrays[0], arrays[1], k, rescale), arrays[2], arrays[3])
     return GradientGraph(*arrays, k=k)
 
@@ -298,6 +314,23 @@ def rescaled_neighbors(candidates: np.ndarray, cosines: np.ndarray, k: int, mode
     # Best score first; equal scores by the lower row index (lexsort: last key is the primary one).
     order = np.lexsort((candidates, -score), axis=1)[:, :k]
     return np.take_along_axis(candidates, order, 1), np.take_along_axis(cosines, order, 1)
+
+
+def mutual_neighbors(neighbors: np.ndarray, similarities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mutual kNN graph of a kNN graph's lists: each row keeps, in order, the neighbours that list it too; the
+    rest of its row is ``NO_NEIGHBOR`` (similarity NaN).  Vectorised on sorted pair codes (i * N + j), not by hand
+    per row: O(N k log(N k))."""
+    n, k = neighbors.shape
+    rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    codes = rows * n + neighbors.ravel()
+    reverse = neighbors.ravel() * n + rows
+    mutual = np.isin(reverse, codes).reshape(n, k)
+    # Stable: the kept neighbours stay in their order, ahead of the dropped ones.
+    order = np.argsort(~mutual, axis=1, kind="stable")
+    kept = np.take_along_axis(mutual, order, 1)
+    out_neighbors = np.where(kept, np.take_along_axis(neighbors, order, 1), NO_NEIGHBOR).astype(np.int64)
+    out_similarities = np.where(kept, np.take_along_axis(similarities, order, 1), np.nan).astype(np.float32)
+    return out_neighbors, out_similarities
 
 
 def to_networkx(graph: GradientGraph, nodes=None, *, directed: bool = False, include_conflicts: bool = True):
@@ -322,7 +355,7 @@ def to_networkx(graph: GradientGraph, nodes=None, *, directed: bool = False, inc
     result.add_nodes_from(int(i) for i in keep)
     for i in keep:
         for j, sim in zip(graph.neighbors[i], graph.similarities[i]):
-            if member[j]:
+            if j != NO_NEIGHBOR and member[j]:
                 result.add_edge(int(i), int(j), weight=float(sim), kind="similar")
     if include_conflicts:
         for i in keep:

@@ -14,11 +14,11 @@ Definitions (``neighbors`` row i lists i's k neighbours, self excluded):
 * skewness: the paper's S_{N_k}, the third standardised moment of the in-degree distribution
   (``scipy.stats.skew``, biased estimator, as in the paper).  Large and positive: a long tail of hubs.  A graph in
   which every in-degree is equal (a ring) has no tail, and its 0/0 moment ratio is taken as 0.
-* neighbour slots: the N * k entries of ``neighbors``.  ``top_percent_share`` is the share of them held by the
-  ``ceil(1% of N)`` rows of highest in-degree (their fair share: ``top_percent_rows / N``); ``top_ten_share`` the
-  same for the 10 highest.
+* neighbour slots: the listed entries of ``neighbors`` (N * k; fewer in a mutual graph).  ``top_percent_share``
+  is the share of them held by the ``ceil(1% of N)`` rows of highest in-degree (their fair share:
+  ``top_percent_rows / N``); ``top_ten_share`` the same for the 10 highest.
 * anti-hubs: rows of in-degree 0, nobody's neighbour (a walk can reach them only as an anchor).
-* neighbour purity of a source: the share of a row's k neighbours that come from the row's own source, averaged
+* neighbour purity of a source: the share of a row's neighbours that come from the row's own source, averaged
   over that source's rows, shown next to the source's share of the pool.  The share is the chance level of a graph
   that ignores sources (exactly: (rows - 1) / (N - 1), since a row is not its own neighbour).  Purity far below it
   means the source's rows are pulled towards other sources' rows, e.g. to hubs.
@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import skew
+
+from core.selection.graph import NO_NEIGHBOR
 
 # The verdict's thresholds.  In an unbiased graph (each row as likely as any other to be a neighbour) the in-degree is
 # about Poisson(k): skewness 1 / sqrt(k) (0.18 at the default k=32, 0.35 at k=8), and the top 1% of rows hold at most
@@ -132,12 +134,13 @@ def hubness_stats(neighbors: np.ndarray, sources: Sequence[str] | None = None) -
     if neighbors.ndim != 2 or not (neighbors.size == 0 or np.issubdtype(neighbors.dtype, np.integer)):
         raise ValueError(f"neighbors must be an [N, k] integer array, got shape {neighbors.shape} {neighbors.dtype}")
     n, k = neighbors.shape
-    if neighbors.size and (neighbors.min() < 0 or neighbors.max() >= n):
-        raise ValueError(f"neighbour indices must lie in 0..{n - 1}")
+    listed = neighbors != NO_NEIGHBOR  # a mutual graph's lists are padded
+    if neighbors.size and (neighbors[listed].min(initial=0) < 0 or neighbors.max() >= n):
+        raise ValueError(f"neighbour indices must lie in 0..{n - 1} (or be {NO_NEIGHBOR}, no neighbour)")
     if sources is not None and len(sources) != n:
         raise ValueError(f"{len(sources)} sources for {n} rows")
-    in_degree = np.bincount(neighbors.ravel(), minlength=n).astype(np.int64)
-    slots = n * k
+    in_degree = np.bincount(neighbors[listed], minlength=n).astype(np.int64)
+    slots = int(listed.sum())
     # A constant in-degree has zero variance: scipy answers nan (0/0); it has no tail, so 0.
     skewness = float(skew(in_degree)) if n and np.ptp(in_degree) > 0 else 0.0
     descending = np.sort(in_degree)[::-1]
@@ -156,9 +159,16 @@ def _purity_by_source(neighbors: np.ndarray, in_degree: np.ndarray, sources: Seq
     names, codes = np.unique(np.array([source or "" for source in sources], dtype=object), return_inverse=True)
     n, k = neighbors.shape
     rows = np.bincount(codes, minlength=len(names))
-    # Per row: the share of its k neighbours with its own source; then the mean over each source's rows.
-    own = (codes[neighbors] == codes[:, None]).mean(axis=1) if k else np.full(n, np.nan)
-    purity = np.bincount(codes, weights=own, minlength=len(names)) / rows
+    # Per row: the share of its neighbours with its own source; then the mean over each source's rows (that have
+    # neighbours: a mutual graph's row may have none).
+    listed = neighbors != NO_NEIGHBOR
+    degree = listed.sum(axis=1)
+    own_count = ((codes[np.where(listed, neighbors, 0)] == codes[:, None]) & listed).sum(axis=1)
+    has = degree > 0
+    own = np.divide(own_count, degree, out=np.zeros(n), where=has)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        purity = (np.bincount(codes, weights=own, minlength=len(names))
+                  / np.bincount(codes, weights=has.astype(np.float64), minlength=len(names)))
     mean_in = np.bincount(codes, weights=in_degree, minlength=len(names)) / rows
     order = sorted(range(len(names)), key=lambda s: (-rows[s], str(names[s])))
     return {str(names[s]): SourcePurity(int(rows[s]), float(rows[s] / n), float(purity[s]), float(mean_in[s]))

@@ -7,6 +7,7 @@ checkpoint) and keys everything it saves by a hash of those feature sets.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,7 @@ import numpy as np
 from core.config import stable_hash
 from core.data.projects import project_settings
 from core.features.featurize import learning_rate_weights, plan_features
-from core.jobs import ACTIVE
+from core.jobs import progress_text, running_job
 from core.selection.g2is import G2IS_METHODS, G2ISParams, centred_rows, profile_params
 from core.selection.graph import (
     DEFAULT_K,
@@ -52,9 +53,13 @@ class ProjectFeatures:
     # The pool's rows are L2-normalised (``core.selection.graph.normalize_rows``, in place at load): every method and the
     # graph work in cosine geometry, and normalising once saves each of them a second [N, D] matrix (3.3 GB at
     # 100,000 x 8,192).  Targets stay as projected (small; G2IS's PCA uses their magnitudes).
-    pool: np.ndarray  # unit rows [N, D] of the last warmup checkpoint
+    # With several warmup checkpoints (``--warmup-checkpoints all``) ``pool`` and ``targets`` are their LR-weighted
+    # concatenation, [sqrt(w_1) x_1, ..., sqrt(w_C) x_C] (``weighted_concatenation``): with unit blocks and weights
+    # summing to 1 the rows stay unit and a dot product is LESS's sum_c w_c cos_c, so the graph, G2IS and TSDS see
+    # every checkpoint as LESS does.  One checkpoint: its matrices, shared with the ``*_by_checkpoint`` lists.
+    pool: np.ndarray  # unit rows [N, D] (or [N, C x D])
     target_ids: list[str]
-    targets: np.ndarray  # raw projected features [M, D]
+    targets: np.ndarray  # raw projected features [M, D] (or [M, C x D])
     target_groups: list[str | None]
     pool_by_checkpoint: list[np.ndarray]  # unit rows per checkpoint, for LESS's checkpoint-weighted sum
     targets_by_checkpoint: list[np.ndarray]
@@ -120,10 +125,10 @@ class FeatureIndex:
 
 
 def _finish_hint(store: Store, project: str) -> str:
-    running = [job for job in store.jobs(project) if job.status in ACTIVE]
-    if running:
-        return (f"a feature job is running ({running[0].id}, {running[0].done}/{running[0].total} rows): wait for it "
-                f"to finish")
+    current = running_job(store, project)
+    if current is not None:
+        return (f"the feature {progress_text(current)}; wait for it to finish (`python -m core status --project "
+                f"{project}`, or the Features page, shows it)")
     return f"run `python -m core features --project {project}` (or Compute features on the Features page)"
 
 
@@ -171,7 +176,11 @@ def feature_index(store: Store, project: str, allow_partial: bool = False) -> Fe
     weights_by_key = learning_rate_weights(store, plan)
     return FeatureIndex(
         project=project,
-        feature_key=stable_hash([c.key for c in plan.configs] + [ids["pool"], ids["targets"]]),
+        # (several checkpoints are walked as their weighted concatenation since issue 17: a key of its own, so no graph
+        # or run stored from the last checkpoint alone is taken for it; one checkpoint keeps the key it had)
+        feature_key=stable_hash([c.key for c in plan.configs] + [ids["pool"], ids["targets"]]
+                                + ([["combined", weights_by_key[c.key]] for c in plan.checkpoints]
+                                   if len(plan.checkpoints) > 1 else [])),
         config_keys=config_keys, pool_ids=ids["pool"], target_ids=ids["targets"],
         checkpoint_weights=[weights_by_key[c.key] for c in plan.checkpoints],
         coverage={role: [len(ids[role]), len(plan.rows[role])] for role in ("pool", "targets")}, unfinished=unfinished,
@@ -195,15 +204,26 @@ def load_project_features(store: Store, project: str, index: FeatureIndex | None
             matrices[role].append(matrix)
     pool_rows = [rows["pool"][i] for i in index.pool_ids]
     target_rows = [rows["targets"][i] for i in index.target_ids]
+    pool, targets = (weighted_concatenation(matrices[role], index.checkpoint_weights) for role in ("pool", "targets"))
     return ProjectFeatures(
         project=project, feature_key=index.feature_key,
-        pool_ids=index.pool_ids, pool=matrices["pool"][-1], target_ids=index.target_ids, targets=matrices["targets"][-1],
+        pool_ids=index.pool_ids, pool=pool, target_ids=index.target_ids, targets=targets,
         target_groups=[r.group for r in target_rows],
         pool_by_checkpoint=matrices["pool"], targets_by_checkpoint=matrices["targets"],
         checkpoint_weights=index.checkpoint_weights,
         pool_texts=[row_text(r.messages) for r in pool_rows], target_texts=[row_text(r.messages) for r in target_rows],
         pool_sources=[r.source for r in pool_rows], coverage=index.coverage, unfinished=index.unfinished,
     )
+
+
+def weighted_concatenation(matrices: list[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """One matrix per checkpoint -> [sqrt(w_1) M_1, ..., sqrt(w_C) M_C] (weights normalised to sum to 1); a single
+    checkpoint's matrix is returned as it is (no copy)."""
+    if len(matrices) == 1:
+        return matrices[0]
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    return np.hstack([np.float32(np.sqrt(wc)) * m for wc, m in zip(w, matrices)]).astype(np.float32, copy=False)
 
 
 def graph_geometry(center: bool = False, rescale: str = "none") -> str:
@@ -219,8 +239,8 @@ def parse_geometry(geometry: str) -> tuple[bool, str]:
     center = "centred" in parts
     rescale = [part for part in parts if part != "centred"]
     if len(rescale) > 1 or (rescale and rescale[0] not in RESCALE_MODES) or graph_geometry(center, *rescale) != geometry:
-        raise ValueError(f"unknown graph geometry {geometry!r}: cosine, centred, csls, local, centred+csls or "
-                         "centred+local")
+        raise ValueError(f"unknown graph geometry {geometry!r}: cosine, centred, csls, local, mutual, or centred+ "
+                         "one of the last three (e.g. centred+mutual)")
     return center, rescale[0] if rescale else "none"
 
 
@@ -338,6 +358,31 @@ class WalkRecorder:
             pass
 
 
+# Params that say how a run was recorded or asked for (``compare.RECORDING_PARAMS``), not what it picks.
+_NOT_IDENTITY = ("ratio", "record_candidates")
+
+
+def identical_stored_run(store: Store, project: str, method: str, params: dict, feature_key: str, budget: int,
+                         ranked: Sequence[tuple], with_events: bool) -> str | None:
+    """A stored run of the same method, parameters, features and budget that picked the same rows in the same
+    order: the run a new one would duplicate (four look-alike "g2is · 16 rows" runs after a short session).  With
+    ``with_events`` only a run whose walk events were recorded in full counts (one stored without them is not the
+    run the Walk page steps through)."""
+    def identity(values: dict) -> dict:  # (through JSON, as the store keeps them: 0.5 and 0.5 from a file agree)
+        return {k: v for k, v in json.loads(json.dumps(values, sort_keys=True)).items() if k not in _NOT_IDENTITY}
+
+    wanted, ids = identity(params), [row[1] for row in ranked]
+    for run in store.selection_runs(project, method):
+        if (run["feature_key"] != feature_key or run["budget"] != budget or run["selected"] != len(ranked)
+                or identity(run["params"]) != wanted):
+            continue
+        if with_events and (run["params"].get("record_candidates") is False or not store.walk_event_count(run["id"])):
+            continue
+        if [row_id for _, row_id, _, _ in store.selection_rows(run["id"])] == ids:
+            return run["id"]
+    return None
+
+
 def run_selection(store: Store, project: str, method: str, *, ratio: float | None = None, budget: int | None = None,
                   params: dict | None = None, features: ProjectFeatures | None = None, k: int = DEFAULT_K,
                   graph: str | None = None, allow_partial: bool = False, record_events: bool = True, on_event=None,
@@ -346,7 +391,8 @@ def run_selection(store: Store, project: str, method: str, *, ratio: float | Non
 
     G2IS walks the graph of degree ``params["k"]`` (else ``k``), or the stored graph whose key is ``graph``.
     ``on_event`` also receives each walk event object as it happens (the CLI prints them).  The walk's events go
-    to the store ``event_batch`` at a time while it runs (``WalkRecorder``); the run is listed once complete."""
+    to the store ``event_batch`` at a time while it runs (``WalkRecorder``); the run is listed once complete.  A run
+    identical to a stored one (``identical_stored_run``) is not stored again: the stored run's id is returned."""
     method = METHOD_ALIASES.get(method, method)
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
@@ -393,6 +439,13 @@ def run_selection(store: Store, project: str, method: str, *, ratio: float | Non
             run_params["coverage"] = features.coverage
         if features.guide_key is not None:
             run_params["targets"] = {"rows": len(features.target_ids), "guide_key": features.guide_key}
+        wants_events = recorder is not None and record_events
+        same = identical_stored_run(store, project, method, run_params, features.feature_key, count, ranked,
+                                    wants_events)
+        if same is not None:  # the same inputs gave the same picks before: that run is this one
+            if recorder is not None:
+                recorder.discard()
+            return SelectionRun(same, result, features, store.walk_event_count(same) if recorder else 0)
         if recorder is not None:
             run_id = recorder.finish(project, method, run_params, features.feature_key, count, ranked, result.notes,
                                      seconds)

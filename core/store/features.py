@@ -65,6 +65,39 @@ class FeatureTables(Connection):
                     [key, gradient_type, checkpoint_key, dim, dtype, json.dumps(description), now()],
                 )
 
+    _CONFIG_COLUMNS = ("key", "gradient_type", "checkpoint_key", "dim", "dtype", "description", "created")
+
+    def feature_configs(self, keys: Sequence[str]) -> dict[str, dict]:
+        """The registered feature configs among ``keys``: key -> its columns, ``description`` decoded (the model's
+        weights hash and spec, LoRA, chat template hash, max tokens, role, checkpoint epoch, projection)."""
+        if not keys:
+            return {}
+        with self._connect() as con:
+            rows = con.execute(f"SELECT {', '.join(self._CONFIG_COLUMNS)} FROM feature_configs "
+                               "WHERE key IN (SELECT unnest(?))", [list(keys)]).fetchall()
+        return {row[0]: self._feature_config(row) for row in rows}
+
+    def run_feature_configs(self, run_id: str) -> list[dict]:
+        """The pool feature configs holding a feature for every row that selection run ``run_id`` chose, oldest
+        first (as ``feature_configs``' values): the candidates for the features it selected from, for when the
+        project's current settings no longer give the run's feature key.  Empty for an unknown run."""
+        with self._connect() as con:
+            rows = con.execute(
+                f"SELECT {', '.join('c.' + column for column in self._CONFIG_COLUMNS)} FROM feature_configs c "
+                "WHERE json_extract_string(c.description, '$.role') = 'pool' "
+                "AND EXISTS (SELECT 1 FROM selection_runs WHERE id = ?) "
+                "AND NOT EXISTS (SELECT 1 FROM selection_runs sr JOIN selection_rows s ON s.run_id = sr.id "
+                "LEFT JOIN rows r ON r.project = sr.project AND r.role = 'pool' AND r.row_id = s.row_id "
+                "LEFT JOIN features f ON f.config_key = c.key AND f.content_hash = r.content_hash "
+                "WHERE sr.id = ? AND f.content_hash IS NULL) "
+                "ORDER BY c.created, c.key", [run_id, run_id]).fetchall()
+        return [self._feature_config(row) for row in rows]
+
+    def _feature_config(self, row) -> dict:
+        config = dict(zip(self._CONFIG_COLUMNS, row))
+        config["description"] = json.loads(config["description"] or "{}")
+        return config
+
     def feature_dir(self, config_key: str) -> Path:
         return self.root / "features" / config_key
 

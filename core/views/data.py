@@ -67,7 +67,7 @@ def create_project(store: Store, name: str) -> tuple[str, bool]:
 
 # ------------------------------------------------------------------------------------------------ uploads
 
-UPLOAD_SUFFIXES = (".jsonl", ".json")
+UPLOAD_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME_CHARS = 100
 
@@ -217,7 +217,8 @@ def ingest_uploads(
     wrong = [name for name, _ in files if not name.lower().endswith(UPLOAD_SUFFIXES)]
     if wrong:
         return UploadOutcome(project, role, [], rows_before, rows_before,
-                             error=f"{', '.join(wrong)}: only .jsonl and .json files can be ingested.")
+                             error=f"{', '.join(wrong)}: only .jsonl, .json, .parquet, .csv and .tsv files can be "
+                                   "ingested.")
     too_big = upload_size_error(files, role, rows_before)
     if too_big:
         return UploadOutcome(project, role, [], rows_before, rows_before, error=too_big)
@@ -425,10 +426,12 @@ class TokenPiece:
 
 @dataclass(frozen=True)
 class TokenView:
-    pieces: list[TokenPiece]
+    pieces: list[TokenPiece]  # the tokens shown: the kept window and up to a few cut tokens on either side
     max_tokens: int
     full_length: int  # tokens of the whole rendered row
     error: str | None  # why the feature job cannot use this row, if it cannot
+    first_shown: int = 0  # index in the whole row of ``pieces[0]``
+    window_start: int = 0  # tokens cut on the left (truncation "left")
 
     @property
     def kept(self) -> int:
@@ -444,22 +447,33 @@ class TokenView:
 
     @property
     def not_shown(self) -> int:
-        return self.full_length - len(self.pieces)
+        return self.full_length - len(self.pieces) - self.first_shown
 
     def summary(self) -> str:
         text = (f"{self.full_length} tokens, {self.trained} trained (assistant), "
                 f"{self.kept - self.trained} context.")
-        if self.truncated:
+        if self.window_start:
+            text += (f" Truncated from the left to keep the answer: the first {self.window_start} tokens are not seen"
+                     + (f", nor the last {self.full_length - self.window_start - self.kept}."
+                        if self.full_length > self.window_start + self.kept else "."))
+        elif self.truncated:
             text += (f" Truncated at max_tokens={self.max_tokens}: the last "
                      f"{self.full_length - self.max_tokens} tokens are not seen.")
         return text
 
     def html(self) -> str:
-        """Escaped HTML: each token a span (trained, context, or cut off), the max_tokens cut marked."""
+        """Escaped HTML: each token a span (trained, context, or cut off), the window's edges marked."""
         out = ['<div class="g2is-tokens" style="font-family:monospace;font-size:0.85rem;white-space:pre-wrap;'
                'line-height:1.9;word-break:break-all">']
-        for index, piece in enumerate(self.pieces):
-            if index == self.max_tokens:
+        if self.first_shown:
+            out.append(f'<span class="g2is-cut" style="color:#888">{self.first_shown} earlier tokens … </span>')
+        window_end = self.window_start + self.max_tokens
+        for offset, piece in enumerate(self.pieces):
+            index = self.first_shown + offset
+            if index == self.window_start and index:
+                out.append(f'<span class="g2is-cut" style="color:#c00;font-weight:bold;padding:0 4px">'
+                           f'✂ {index} tokens cut on the left</span>')
+            if index == window_end:
                 out.append(f'<span class="g2is-cut" style="color:#c00;font-weight:bold;padding:0 4px">'
                            f'✂ max_tokens={self.max_tokens}</span>')
             kind = "trained" if piece.trained else "context" if piece.kept else "cut"
@@ -479,19 +493,22 @@ _TOKEN_STYLES = {
 }
 
 
-def token_view(tokenizer, messages: Sequence[dict], max_tokens: int, shown_after_cut: int = 64) -> TokenView:
-    """One row as the feature job encodes it (``encode_messages`` with the project's max_tokens), plus up to
-    ``shown_after_cut`` of the tokens the cut drops.  Raises ``core.features.modeling.ModelError`` for unusable templates."""
+def token_view(tokenizer, messages: Sequence[dict], max_tokens: int, shown_after_cut: int = 64,
+               truncation: str = "right") -> TokenView:
+    """One row as the feature job encodes it (``encode_messages`` with the project's max_tokens and truncation),
+    plus up to ``shown_after_cut`` of the tokens each cut drops.  Raises ``core.features.modeling.ModelError`` for
+    unusable templates."""
 
-    used = encode_messages(tokenizer, messages, max_tokens)
+    used = encode_messages(tokenizer, messages, max_tokens, truncation)
     whole = encode_messages(tokenizer, messages, max(used.full_length, 1)) if used.truncated else used
-    ids = list(whole.input_ids[: max_tokens + shown_after_cut])
+    first = max(0, used.start - shown_after_cut)
+    ids = list(whole.input_ids[first: used.start + max_tokens + shown_after_cut])
     texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    pieces = [
-        TokenPiece(text, int(token_id), index < used.n_tokens and used.loss_mask[index], index < used.n_tokens)
-        for index, (token_id, text) in enumerate(zip(ids, texts))
-    ]
-    return TokenView(pieces, max_tokens, used.full_length, used.error)
+    pieces = []
+    for offset, (token_id, text) in enumerate(zip(ids, texts)):
+        inside = used.start <= first + offset < used.start + used.n_tokens
+        pieces.append(TokenPiece(text, int(token_id), inside and used.loss_mask[first + offset - used.start], inside))
+    return TokenView(pieces, max_tokens, used.full_length, used.error, first, used.start)
 
 
 def example_row(store: Store, project: str, role: str, ordinal: int) -> StoredRow | None:

@@ -91,7 +91,7 @@ def neighbourhood_nodes(graph: GradientGraph, centre: int, hops: int = 1, per_no
     for _ in range(hops):
         following = []
         for node in frontier:
-            for neighbour in graph.neighbors[node, :per_node]:
+            for neighbour in graph.neighbours_of(node)[:per_node]:
                 neighbour = int(neighbour)
                 if neighbour in seen:
                     continue

@@ -258,11 +258,6 @@ def selection_picks(store: Store, run_id: str) -> list[str]:
     return [row_id for _, row_id, _, _ in store.selection_rows(run_id)]
 
 
-def run_label(run: dict) -> str:
-    created = run["created"].strftime("%Y-%m-%d %H:%M") if run.get("created") else ""
-    return f"{run['method']} · {run['selected']} rows · {created} · {run['id']}"
-
-
 def hover_text(row_id: str, role: str, source: str, preview: str, max_chars: int = PREVIEW_CHARS) -> str:
     """Escaped hover text: plotly renders a subset of HTML in hovers, so user text goes through html.escape."""
     body = " ".join(preview[:max_chars].split())

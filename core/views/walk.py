@@ -29,6 +29,7 @@ from datetime import datetime
 import numpy as np
 import plotly.graph_objects as go
 
+from core.selection.compare import run_label
 from core.selection.g2is import (
     G2IS_METHODS,
     Anchor,
@@ -100,10 +101,9 @@ class WalkRun:
 
     @property
     def label(self) -> str:
-        p = self.params
-        how = f"ratio {p['ratio']:g}" if p.get("ratio") is not None else f"budget {self.budget}"
-        return (f"{self.created:%Y-%m-%d %H:%M:%S} · {self.method} · \u03b4={p.get('delta')} · val_k={p.get('val_k')} · "
-                f"k={p.get('k')} · {how} · {self.selected} rows · {self.run_id}")
+        """``core.selection.compare.run_label``: the one way a run is named on every page."""
+        return run_label({"id": self.run_id, "method": self.method, "params": self.params, "selected": self.selected,
+                          "created": self.created})
 
 
 def _walk_run(run: dict) -> WalkRun:
