@@ -111,6 +111,11 @@ def feature_request(project: str, settings, status: dict):
                                 settings, state)
 
 
+def forget_feature_requests() -> None:
+    """Plan the Features page's request anew on the next run (after a speed measurement changed its estimate)."""
+    _feature_request_for.clear()
+
+
 def partial_features(project: str, error: FeaturesIncomplete, key: str) -> FeatureIndex | None:
     """Offer to go on with the rows whose features are done; the partial index when the user ticks the box.
 

@@ -40,6 +40,7 @@ from core.jobs import (
     clear_retriable_errors,
     job_view,
     launch_features,
+    measure_speed,
     request_features,
     resume,
     run_job,
@@ -174,6 +175,8 @@ def cmd_features(args) -> int:
         print(f"features cached: {len(plan.rows['pool'])} pool rows and {len(plan.rows['targets'])} target rows "
               f"x {len(plan.checkpoints)} checkpoint(s), nothing to compute")
         return 0
+    if not args.ray and not args.no_probe:  # before promising a time: this machine's speed on a few real rows
+        request = measure_speed(store, request, log=lambda text: print(text, flush=True))
     print("estimate: " + request.estimate.text() + (" (for one machine)" if args.ray else ""))
     if args.inline or args.ray:  # a job row all the same, so that `jobs`, `status` and the app see the run
         job_id = start_features_job(store, args.project, settings, args.limit, spawn=False, ray_address=args.ray)
@@ -499,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-errors", action="store_true",
                    help="compute again the rows that failed with retriable errors (out of memory, ...) under the "
                         "current settings; rows too long for --max-tokens keep their error")
+    p.add_argument("--no-probe", action="store_true",
+                   help="estimate without first timing a few rows on this machine (done when the speed of these "
+                        "settings was never measured here; a model load and a few seconds)")
     p.add_argument("--detach", action="store_true", help="start the background job and return")
     p.add_argument("--inline", action="store_true", help="compute in this process instead of a background worker")
     p.add_argument("--ray", metavar="ADDRESS", help="compute on a Ray cluster (HOST:PORT, auto, ray://HOST:10001, or "

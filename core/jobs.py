@@ -26,7 +26,7 @@ from typing import Any
 
 from core.config import FeatureSettings
 from core.features.distributed import RayUnavailable, run_features_ray
-from core.features.estimate import CostEstimate, estimate_cost
+from core.features.estimate import CostEstimate, estimate_cost, probe_throughput
 from core.features.featurize import Cancelled, FeaturePlan, plan_features, run_features
 from core.features.modeling import ModelError, load_tokenizer, resolve_model
 from core.store import Job, Store, StoreError, cache_problem, now
@@ -199,6 +199,18 @@ def request_features(store: Store, project: str, settings: FeatureSettings, limi
     if plan.complete:
         return FeatureRequest(plan, None, None, limit)
     return FeatureRequest(plan, estimate_cost(store, plan, tokenizer), find_resumable(store, project, settings, limit), limit)
+
+
+def measure_speed(store: Store, request: FeatureRequest, log=lambda text: None) -> FeatureRequest:
+    """The request with its estimate made from this machine's speed: ``probe_throughput`` times a few of its rows
+    (a model load and a few seconds) and records the rate.  The request as it is when its rate was measured with
+    these settings already, or nothing is left to compute."""
+    if request.cached or request.estimate.rate_source == "these settings":
+        return request
+    tokenizer = load_tokenizer(resolve_model(request.plan.settings.model))
+    if probe_throughput(store, request.plan, tokenizer, log=log) is None:
+        return request
+    return replace(request, estimate=estimate_cost(store, request.plan, tokenizer))
 
 
 def retriable_errors(store: Store, plan: FeaturePlan) -> int:

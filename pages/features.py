@@ -128,6 +128,13 @@ else:
         st.success("All features are computed and cached.")
     elif request is not None:
         st.info("Estimate: " + request.estimate.text())
+        if request.estimate.rate_source != "these settings" and st.button(
+                "Measure this machine's speed", help="Time a few rows of this project with these settings (a model "
+                "load and a few seconds) for an estimate that holds here; every job also measures it as it runs"):
+            with st.spinner("Timing a few rows..."):
+                request = jobs.measure_speed(store, request)
+            session.forget_feature_requests()
+            st.info("Estimate: " + request.estimate.text())
         label = "Resume job" if request.resumable else "Compute features"
         if st.button(label, type="primary"):
             job_id, how = jobs.launch_features(store, request)

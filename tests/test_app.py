@@ -33,7 +33,14 @@ def test_features_page_estimates_launches_and_shows_the_cached_result(tmp_path, 
     assert not app.exception
     assert any("12 pool rows, 3 target rows" in m.value for m in app.markdown)
     info = " ".join(i.value for i in app.info)
-    assert "Estimate:" in info and "tokens" in info
+    assert "Estimate:" in info and "tokens" in info and "assumed, not measured on this machine" in info
+    # Issue 19: before promising, time a few real rows here; the estimate then says so (and stays measured)
+    next(b for b in app.button if b.label == "Measure this machine's speed").click().run()
+    assert not app.exception
+    assert "measured on this machine with these settings" in app.info[-1].value
+    app.run()
+    assert "measured on this machine with these settings" in " ".join(i.value for i in app.info)
+    assert not [b for b in app.button if b.label == "Measure this machine's speed"]
     next(b for b in app.button if b.label == "Compute features").click().run()
     assert not app.exception
     (job,) = store.jobs("tiny")

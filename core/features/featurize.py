@@ -359,6 +359,19 @@ def store_chunk(store: Store, config: FeatureConfig, job_id: str, chunk: Feature
         raise Cancelled()
 
 
+def speed_key(model_key: str, settings: FeatureSettings) -> str:
+    """The throughput record of a model under the settings that change its speed (LoRA modules and rank, the
+    projection, precision); tokens per second barely depend on max tokens or on the rows."""
+    return f"{model_key}|" + stable_hash([asdict(settings.lora), settings.projection.numbers(), settings.precision])
+
+
+def record_rate(store: Store, device: str, model_key: str, settings: FeatureSettings, tokens_per_s: float) -> None:
+    """Remember a measured feature rate (``core.features.estimate`` reads it) for these settings and, what the
+    evaluation's estimate reads, for the model."""
+    store.record_throughput(device, speed_key(model_key, settings), tokens_per_s)
+    store.record_throughput(device, model_key, tokens_per_s)
+
+
 def run_features(
     store: Store,
     project: str,
@@ -388,8 +401,10 @@ def run_features(
         report(progress)
         for chunk in engine.chunks(todo, run.encoded, settings):
             store_chunk(store, config, job_id, chunk, settings, progress, report, should_cancel)
-    if progress.tokens:
-        store.record_throughput(plan.device, plan.model_key, progress.tokens / max(1e-9, time.monotonic() - tokens_started))
+            # After every chunk, not once at the end: an interrupted or resumed job has measured the rate too.
+            if progress.tokens:
+                record_rate(store, plan.device, plan.model_key, settings,
+                            progress.tokens / max(1e-9, time.monotonic() - tokens_started))
     refresh_plan(store, plan)
     return plan
 
