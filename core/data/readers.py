@@ -46,6 +46,7 @@ from typing import Any, BinaryIO
 from core.data import tabular
 from core.data.records import (
     FORMAT_KEYS,
+    NOT_UTF8_TEXT_STARTS,
     BadRowsError,
     FormatError,
     Row,
@@ -281,16 +282,8 @@ def _value_error_text(error: ValueError) -> str:
 
 
 # The first bytes of files that are certainly not UTF-8 JSON, and what to do about each.
-_NOT_JSON_STARTS = (
-    (codecs.BOM_UTF32_LE, "is UTF-32 encoded; save it as UTF-8"),
-    (codecs.BOM_UTF32_BE, "is UTF-32 encoded; save it as UTF-8"),
-    (codecs.BOM_UTF16_LE, "is UTF-16 encoded; save it as UTF-8"),
-    (codecs.BOM_UTF16_BE, "is UTF-16 encoded; save it as UTF-8"),
-    (b"\x1f\x8b", "is gzip-compressed; decompress it first (gunzip)"),
+_NOT_JSON_STARTS = NOT_UTF8_TEXT_STARTS + (
     (b"PK\x03\x04", "is a zip archive (or a spreadsheet); extract or export the .jsonl / .json file first"),
-    (b"\x28\xb5\x2f\xfd", "is zstd-compressed; decompress it first (unzstd)"),
-    (b"BZh", "is bzip2-compressed; decompress it first (bunzip2)"),
-    (b"\xfd7zXZ\x00", "is xz-compressed; decompress it first (unxz)"),
     (b"PAR1", "is a Parquet file; rename it to .parquet"),
 )
 

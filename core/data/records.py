@@ -18,6 +18,7 @@ Only the standard library is used; nothing here knows about files, the store, th
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -50,6 +51,19 @@ MAX_ERRORS_IN_MESSAGE = 10
 # ----------------------------------------------------------------------------------------------------------
 # Public data types
 
+
+# The first bytes of files that are certainly not UTF-8 text, and what to do about each: every reader refuses them
+# (``readers`` for JSON, ``tabular`` for CSV and tables), each adding the starts only it knows (zip, Parquet, ...).
+NOT_UTF8_TEXT_STARTS = (
+    (codecs.BOM_UTF32_LE, "is UTF-32 encoded; save it as UTF-8"),
+    (codecs.BOM_UTF32_BE, "is UTF-32 encoded; save it as UTF-8"),
+    (codecs.BOM_UTF16_LE, "is UTF-16 encoded; save it as UTF-8"),
+    (codecs.BOM_UTF16_BE, "is UTF-16 encoded; save it as UTF-8"),
+    (b"\x1f\x8b", "is gzip-compressed; decompress it first (gunzip)"),
+    (b"\x28\xb5\x2f\xfd", "is zstd-compressed; decompress it first (unzstd)"),
+    (b"BZh", "is bzip2-compressed; decompress it first (bunzip2)"),
+    (b"\xfd7zXZ\x00", "is xz-compressed; decompress it first (unxz)"),
+)
 
 @dataclass(frozen=True)
 class Row:

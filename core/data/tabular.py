@@ -40,7 +40,6 @@ Nothing here knows about the store, the model or the app.
 """
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import json
@@ -54,7 +53,15 @@ import pyarrow as pa
 import pyarrow.ipc
 import pyarrow.parquet as pq
 
-from core.data.records import AUTO_GROUP_FIELDS, FORMAT_KEYS, FormatError, _expected_formats, _json_type, detect_format
+from core.data.records import (
+    AUTO_GROUP_FIELDS,
+    FORMAT_KEYS,
+    NOT_UTF8_TEXT_STARTS,
+    FormatError,
+    _expected_formats,
+    _json_type,
+    detect_format,
+)
 
 TABULAR_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
 DATASET_FOLDER = "dataset_folder"  # the kind of a datasets ``save_to_disk`` folder
@@ -81,17 +88,9 @@ _JSON_LIST_COLUMNS = {"messages": "a list of messages", "conversations": "a list
                       "history": "a list of [question, answer] pairs"}
 _ESCAPED_BAD_BYTE = re.compile("[\udc80-\udcff]")
 
-# First bytes of files that are no table we read, and what to do (the JSON readers keep their own list).
-_NOT_TABLE_STARTS = (
-    (codecs.BOM_UTF32_LE, "is UTF-32 encoded; save it as UTF-8"),
-    (codecs.BOM_UTF32_BE, "is UTF-32 encoded; save it as UTF-8"),
-    (codecs.BOM_UTF16_LE, "is UTF-16 encoded; save it as UTF-8"),
-    (codecs.BOM_UTF16_BE, "is UTF-16 encoded; save it as UTF-8"),
-    (b"\x1f\x8b", "is gzip-compressed; decompress it first (gunzip)"),
+# First bytes of files that are no table we read, and what to do (the JSON readers add their own to the same list).
+_NOT_TABLE_STARTS = NOT_UTF8_TEXT_STARTS + (
     (b"PK\x03\x04", "is a zip archive (or a spreadsheet); extract it, or export the sheet as .csv, first"),
-    (b"\x28\xb5\x2f\xfd", "is zstd-compressed; decompress it first (unzstd)"),
-    (b"BZh", "is bzip2-compressed; decompress it first (bunzip2)"),
-    (b"\xfd7zXZ\x00", "is xz-compressed; decompress it first (unxz)"),
 )
 
 
