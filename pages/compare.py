@@ -36,7 +36,11 @@ def comparison_of(root: str, run_ids: tuple[str, ...]) -> Comparison:
 index = session.features_or_stop(project, "Comparing methods", allow_partial_key="compare-allow-partial")
 
 n_pool = len(index.pool_ids)
-left, middle, right = st.columns([2, 2, 5])
+# On a row of its own: a narrow multiselect keeps its chosen methods on one line and cuts off the
+# ones past its edge; at the page's width they wrap, so every chosen method is in sight.
+methods = st.multiselect("Methods", COMPARE_METHODS, default=list(COMPARE_METHODS), key="compare-methods",
+                         format_func=lambda m: METHOD_TITLES.get(m, m))
+left, middle, _ = st.columns([2, 2, 5])
 budget_kind = left.radio("Budget as", ["fraction of the pool", "number of rows"], key="compare-budget-kind")
 if budget_kind == "fraction of the pool":
     ratio = middle.number_input("Fraction", min_value=0.001, max_value=1.0, value=DEFAULT_RATIO, step=0.01, format="%.3f",
@@ -46,8 +50,6 @@ else:
     rows = middle.number_input("Rows", min_value=1, max_value=n_pool, value=min(100, n_pool), step=1,
                                key="compare-rows")
     sizing = {"budget": int(rows)}
-methods = right.multiselect("Methods", COMPARE_METHODS, default=list(COMPARE_METHODS), key="compare-methods",
-                            format_func=lambda m: METHOD_TITLES.get(m, m))
 if not methods:
     st.info("Pick at least one method to compare.")
     st.stop()

@@ -31,39 +31,50 @@ def tokenizer_for(spec: str, root: str):
 
 
 # ------------------------------------------------------------------------------------------------ project
+state = st.session_state
+
 
 def choose_project() -> None:
-    session.switch_project(st.session_state["data-project"])
+    session.switch_project(state["data-project"])
 
 
-flash = st.session_state.pop("data-flash", None)
+def create_clicked() -> None:
+    """Create (or open) the named project.  A callback runs before the widgets are drawn, so on success it can
+    empty the name box (a widget's value cannot be set once the widget is drawn); a bad name stays, to be fixed."""
+    try:
+        name, created = data_view.create_project(store, state.get("data-new-project", ""))
+    except ValueError as error:
+        state["data-create-error"] = str(error)
+        return
+    state["data-flash"] = (f"Created project {name}: upload its pool and targets below." if created
+                           else f"Project {name} already exists: opened it.")
+    state["data-new-project"] = ""
+    session.switch_project(name)
+
+
+flash = state.pop("data-flash", None)
 if flash:
     st.success(markdown_text(flash))
-st.session_state["data-project"] = project  # follow the URL when the project was changed elsewhere
+state["data-project"] = project  # follow the URL when the project was changed elsewhere
 choice, creation = st.columns([2, 3], vertical_alignment="bottom")
 choice.selectbox("Project", store.projects(), key="data-project", on_change=choose_project)
 with creation:
     name_column, button_column = st.columns([3, 1], vertical_alignment="bottom")
-    new_name = name_column.text_input("New project", key="data-new-project", placeholder="e.g. math-mix",
-                                      help=f"Names use {data_view.PROJECT_NAME_RULE}.")
-    if button_column.button("Create", key="data-create"):
-        try:
-            name, created = data_view.create_project(store, new_name)
-        except ValueError as error:
-            st.error(markdown_text(error))
-        else:
-            st.session_state["data-flash"] = (f"Created project {name}: upload its pool and targets below."
-                                              if created else f"Project {name} already exists: opened it.")
-            session.switch_project(name)
-            st.rerun()
+    name_column.text_input("New project", key="data-new-project", placeholder="e.g. math-mix",
+                           help=f"Names use {data_view.PROJECT_NAME_RULE}.")
+    button_column.button("Create", key="data-create", on_click=create_clicked)
+create_error = state.pop("data-create-error", None)
+if create_error:
+    st.error(markdown_text(create_error))
 
 # ------------------------------------------------------------------------------------------------ uploads
 
 st.subheader("Upload")
 st.caption("`.jsonl`, `.json`, `.parquet`, `.csv` or `.tsv` files in Alpaca, ShareGPT, chat `messages` or "
-           "prompt/completion form (columns for the tables), several per "
-           "role. The uploaded files *replace* the role's rows; bad rows are left out and listed. Uploads are kept "
-           "under the cache's `uploads/` folder.")
+           "prompt/completion form (columns for the tables), several per role. An upload ingests exactly the files "
+           "dropped into it and *replaces* the role's rows with theirs; the box then empties, so a later upload "
+           "never takes an earlier file along (switch on *Add to these files* to keep them). Bad rows are left out "
+           "and listed. Uploads are kept under the cache's `uploads/` folder.")
 
 
 def show_outcome(outcome: data_view.UploadOutcome) -> None:
@@ -82,30 +93,78 @@ def show_outcome(outcome: data_view.UploadOutcome) -> None:
         st.dataframe(bad, hide_index=True)
 
 
+def request_removal(role: str, path: str) -> None:
+    state[f"data-remove-{role}-{project}"] = path
+
+
+def upload_request(role: str, uploader_key: str, group_field: str | None) -> list[tuple[str, bytes]] | None:
+    """The files to ingest in this run, decided before the uploader is drawn: the files just dropped (with the
+    current ones when *Add to these files* is on), the current files less one the user removed, or the current
+    targets again when the group field changed.  None: nothing to ingest."""
+    current = state.get(f"data-current-{role}-{project}")
+    removed = state.pop(f"data-remove-{role}-{project}", None)
+    dropped = state.get(uploader_key) or []
+    if dropped:
+        # From this run on the page draws a new, empty uploader: Streamlit drops these files, so a later upload
+        # never ingests them again.
+        state[f"data-upload-round-{role}-{project}"] = state.get(f"data-upload-round-{role}-{project}", 0) + 1
+        files = [(f.name, f.getvalue()) for f in dropped]
+        if current is not None and state.get(f"data-add-{role}-{project}"):
+            files = data_view.saved_files(current) + files
+        return files
+    if current is None:
+        return None
+    if removed is not None:
+        return data_view.saved_files(current, leave_out=removed)
+    if role == "targets" and group_field != state.get(f"data-group-used-{role}-{project}"):
+        return data_view.saved_files(current)
+    return None
+
+
 def upload_section(role: str) -> None:
-    uploaded = st.file_uploader(f"{ROLE_LABELS[role]} files", type=["jsonl", "json", "parquet", "csv", "tsv"],
-                                accept_multiple_files=True,
-                                key=f"data-upload-{role}-{project}")
-    group_field = None
-    if role == "targets":
-        group_field = st.text_input(
-            "Group field (optional)", key=f"data-group-{project}", placeholder="e.g. subject or meta.task",
-            help="Field naming each target's group (a dotted path reaches inside objects). Empty: the first of "
-                 "group, subtask, task, subject, category.")
-    outcome_key = f"data-outcome-{role}-{project}"
-    if uploaded:
-        files = [(f.name, f.getvalue()) for f in uploaded]
+    group_key = f"data-group-{project}"
+    group_field = ((state.get(group_key) or "").strip() or None) if role == "targets" else None
+    uploader_key = f"data-upload-{role}-{project}-{state.get(f'data-upload-round-{role}-{project}', 0)}"
+    outcome_key, current_key = f"data-outcome-{role}-{project}", f"data-current-{role}-{project}"
+    try:
+        files = upload_request(role, uploader_key, group_field)
+    except OSError as error:
+        files = None
+        st.error(f"The saved upload cannot be read again ({markdown_text(error)}): upload the files again.")
+    if files:
         signature = data_view.upload_signature(project, role, files, group_field)
         guard = f"data-ingested-{role}-{project}"
-        # Streamlit reruns the page on every interaction while the files stay in the uploader: ingest each
-        # distinct request (file contents + group field) once.
-        if st.session_state.get(guard) != signature:
+        # Ingest each distinct request (file contents + group field) once: the same files dropped again change
+        # nothing (the rows would be the same).
+        if state.get(guard) != signature:
             with st.spinner(f"Reading {len(files)} file(s)..."):
-                st.session_state[outcome_key] = data_view.ingest_uploads(store, project, role, files, group_field)
-            st.session_state[guard] = signature
-    outcome = st.session_state.get(outcome_key)
+                outcome = data_view.ingest_uploads(store, project, role, files, group_field)
+            state[outcome_key], state[guard] = outcome, signature
+            if outcome.ingested:
+                state[current_key] = outcome
+                state[f"data-group-used-{role}-{project}"] = group_field
+    st.file_uploader(f"{ROLE_LABELS[role]} files", type=["jsonl", "json", "parquet", "csv", "tsv"],
+                     accept_multiple_files=True,
+                     key=f"data-upload-{role}-{project}-{state.get(f'data-upload-round-{role}-{project}', 0)}")
+    if role == "targets":
+        st.text_input(
+            "Group field (optional)", key=group_key, placeholder="e.g. subject or meta.task",
+            help="Field naming each target's group (a dotted path reaches inside objects). Empty: the first of "
+                 "group, subtask, task, subject, category.")
+    outcome = state.get(outcome_key)
     if outcome is not None:
         show_outcome(outcome)
+    current = state.get(current_key)
+    if current is not None:
+        listed = current.ingested_files
+        st.caption(f"The {role} rows come from {len(listed)} file(s) of this session's uploads"
+                   + (": remove one to ingest the others again." if len(listed) > 1 else "."))
+        if len(listed) > 1:
+            for number, saved in enumerate(listed):
+                st.button(f"Remove {saved.name}", icon=":material/close:", key=f"data-remove-{role}-{project}-{number}",
+                          on_click=request_removal, args=(role, saved.path))
+        st.toggle("Add to these files", key=f"data-add-{role}-{project}",
+                  help="On: the next upload is ingested together with the files listed here. Off: it replaces them.")
 
 
 for role, column in zip(ROLES, st.columns(len(ROLES))):

@@ -1,7 +1,8 @@
 """Graph page: the stored kNN gradient graph around a chosen row or a stored selection, drawn with pyvis
-(positions from the gradient map, physics off, similarity and conflict edges styled apart), with a networkx
-summary, under a hubness verdict on the whole graph (in-degrees, hubs, neighbour purity by source).  A thin view
-over ``core.views.graph``; the graph is built once per feature set and read back after."""
+(communities laid out apart, or the rows' gradient-map positions; physics off; similarity and conflict edges
+styled apart), with a networkx summary, under a hubness verdict on the whole graph (in-degrees, hubs, neighbour
+purity by source).  A thin view over ``core.views.graph``; the graph is built once per feature set and read back
+after."""
 from __future__ import annotations
 
 import shlex
@@ -72,7 +73,12 @@ if graph.k > 0:
                     "the source's share of the pool (what a graph blind to sources would give)")
         st.dataframe(graph_view.purity_table(hubness), hide_index=True, width="stretch")
 
-mode = st.radio("Show", ["Neighbourhood of a row", "Rows of a selection run"], horizontal=True)
+mode_column, layout_column = st.columns(2)
+mode = mode_column.radio("Show", ["Neighbourhood of a row", "Rows of a selection run"], horizontal=True)
+layout = layout_column.radio(
+    "Layout", list(graph_view.LAYOUTS), format_func=graph_view.LAYOUTS.get, horizontal=True, key="graph-layout",
+    help="Communities apart: Louvain communities of the similarity edges, each drawn in its own disc. Gradient map "
+         "positions: where the rows lie on the Map page (its UMAP clusters can be tight).")
 controls = st.columns(3)
 if graph.k == 0:
     st.info("The pool has a single row with features, so the graph has no edges to show.")
@@ -107,12 +113,15 @@ else:
 
 points = session.map_layout(project, "gradient", index)
 view = graph_view.subgraph_view(store, project, index, graph, nodes, centre=centre, capped=capped, points=points,
-                                per_node=per_node, notes=notes)
+                                per_node=per_node, notes=notes, layout=layout)
 for note in view.notes:
     st.info(note)
 st.markdown(f"**{len(view.nodes):,} nodes**, {view.similar_edges:,} similarity edges (solid), "
             f"{view.conflict_edges:,} conflict edges (red, dashed). Node colour is the row's source"
-            + ("; the chosen row is black." if centre is not None else "."))
+            + ("; the chosen row is black." if centre is not None else ".")
+            + (f" {len(view.communities):,} communities, drawn apart." if view.communities else "")
+            + (f" Past {graph_view.LABELLED_NODES} nodes a row's id shows when the pointer is on it."
+               if len(view.nodes) > graph_view.LABELLED_NODES else ""))
 st.iframe(graph_view.network_html(view, height=650), height=670)
 
 summary = graph_view.graph_summary(view)

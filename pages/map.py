@@ -47,7 +47,8 @@ if colour_mode == "a selection run":
         run = runs_by_id[st.selectbox("Selection run", list(runs_by_id),
                                       format_func=lambda i: run_label(runs_by_id[i]))]
         picked_ids = maps.selection_picks(store, run["id"])
-        colouring = maps.colour_by_selection(reference, picked_ids, name=f"picked by {run['method']}")
+        colouring = maps.colour_by_selection(reference, picked_ids, name=f"picked by {run['method']}",
+                                             title=f"run {run['id']}")
 
 positions = reference.positions()
 drawn = maps.drawn_points(reference, keep=[positions[i] for i in picked_ids if i in positions])

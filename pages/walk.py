@@ -45,7 +45,8 @@ def cached_variance_curve(_store, root: str, project: str, feature_key: str, _in
 def cached_backdrop(_store, root: str, layout_key: str, _layout: dict) -> walk_view.MapBackdrop:
     """A stored layout never changes under its key: read and sample it once."""
     points = load_layout(_store, _layout)
-    return walk_view.map_backdrop(points.row_ids, points.roles, points.sources, points.x, points.y)
+    return walk_view.map_backdrop(points.row_ids, points.roles, points.sources, points.x, points.y,
+                                  method=points.method)
 
 
 root = str(store.root)
@@ -84,30 +85,40 @@ def on_run_choice() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- new walk
-with st.form("walk-settings"):
+pool_rows = len(index.pool_ids) if index is not None else 0
+with st.container(border=True):
     st.markdown("**New walk**")
-    left, middle, right, budget_column = st.columns(4)
-    delta = left.number_input("δ (consistency)", min_value=0.0, max_value=1.0, value=WalkSettings.delta, step=0.05,
-                              help="A candidate is accepted only if the running similarity to the component stays "
-                                   "at least δ times its previous value.")
-    val_k = middle.number_input("val_k (explained variance)", min_value=0.0, max_value=1.0, value=WalkSettings.val_k, step=0.05,
-                                help="PCA of the target gradients keeps the fewest components that explain this "
-                                     "share of their variance; each component gets its share of the budget.")
-    graph_k = right.number_input("graph k", min_value=1, max_value=1024, value=WalkSettings.k, step=1,
-                                 help="Neighbours per row in the kNN gradient graph the walk moves along.")
-    budget_kind = budget_column.radio("Budget as", [FRACTION, ROWS], horizontal=True)
-    pool_rows = len(index.pool_ids) if index is not None else 0
-    ratio = budget_column.number_input("Fraction of the pool", min_value=0.0, max_value=1.0, value=DEFAULT_RATIO, step=0.01,
-                                       format="%.3f")
-    rows = budget_column.number_input("Rows", min_value=0, value=max(1, int(pool_rows * DEFAULT_RATIO)), step=1)
-    profile = st.radio("Profile", list(WALK_PROFILES), format_func=WALK_PROFILES.get, horizontal=True,
-                       help="The default G2IS, or exactly the authors' Algorithm 1 (no hubness remedy).")
-    submitted = st.form_submit_button("Run walk", type="primary", disabled=index is None)
+    # Outside the form: widgets in a form do not rerun the page when they change, and the budget input shown
+    # below must follow this choice.
+    budget_kind = st.radio("Budget as", [FRACTION, ROWS], horizontal=True, key="walk-budget-kind")
+    with st.form("walk-settings", border=False):
+        left, middle, right, budget_column = st.columns(4)
+        delta = left.number_input("δ (consistency)", min_value=0.0, max_value=1.0, value=WalkSettings.delta,
+                                  step=0.05, help="A candidate is accepted only if the running similarity to the "
+                                                  "component stays at least δ times its previous value.")
+        val_k = middle.number_input("val_k (explained variance)", min_value=0.0, max_value=1.0,
+                                    value=WalkSettings.val_k, step=0.05,
+                                    help="PCA of the target gradients keeps the fewest components that explain "
+                                         "this share of their variance; each component gets its share of the "
+                                         "budget.")
+        graph_k = right.number_input("graph k", min_value=1, max_value=1024, value=WalkSettings.k, step=1,
+                                     help="Neighbours per row in the kNN gradient graph the walk moves along.")
+        if budget_kind == FRACTION:
+            ratio = budget_column.number_input("Fraction of the pool", min_value=0.0, max_value=1.0,
+                                               value=DEFAULT_RATIO, step=0.01, format="%.3f", key="walk-ratio")
+            rows = None
+        else:
+            rows = budget_column.number_input("Rows", min_value=0, value=max(1, int(pool_rows * DEFAULT_RATIO)),
+                                              step=1, key="walk-rows")
+            ratio = None
+        profile = st.radio("Profile", list(WALK_PROFILES), format_func=WALK_PROFILES.get, horizontal=True,
+                           help="The default G2IS, or exactly the authors' Algorithm 1 (no hubness remedy).")
+        submitted = st.form_submit_button("Run walk", type="primary", disabled=index is None)
 
 if submitted:
     settings = WalkSettings(delta=float(delta), val_k=float(val_k), k=int(graph_k), profile=profile,
-                            ratio=float(ratio) if budget_kind == FRACTION else None,
-                            budget=int(rows) if budget_kind == ROWS else None)
+                            ratio=float(ratio) if ratio is not None else None,
+                            budget=int(rows) if rows is not None else None)
     try:
         with st.spinner("Running the walk (loads the features; builds the graph if this k is new)..."):
             run_id = walk_view.start_walk(store, project, settings, index)

@@ -4,12 +4,15 @@ browser download (``playwright install``) is never used.
 
 ``AppServer`` starts ``streamlit run app/main.py`` on a free 127.0.0.1 port in its own process group with
 ``G2IS_CACHE_DIR`` pointing at a test cache and stops the whole group.  ``StreamlitPage`` holds the waits and
-checks every browser test needs: a script run that has finished, Streamlit's exception and error elements, and
-screenshots under ``test-artifacts/``.
+checks every browser test needs: a script run that has finished, Streamlit's exception and error elements,
+screenshots under ``test-artifacts/``, bounding boxes and what plotly drew; ``show_page`` opens a page and waits
+until it has rendered as ``PAGE_CHECKS`` says.  ``scripts/screenshots.py`` (the docs/screenshots/ gallery) uses
+the same server, browser and page checks.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -163,11 +166,113 @@ class StreamlitPage:
                   if "Page not found" in text]
         return found
 
-    def screenshot(self, name: str) -> Path:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        path = ARTIFACTS / f"{name}.png"
+    def screenshot(self, name: str, folder: Path | None = None) -> Path:
+        """``<folder>/<name>.png`` (default: test-artifacts/browser/) of the whole page."""
+        folder = folder or ARTIFACTS
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
         return path
+
+    def screenshot_of(self, locator, name: str, folder: Path | None = None) -> Path:
+        """``<folder>/<name>.png`` (default: test-artifacts/browser/) of one element."""
+        folder = folder or ARTIFACTS
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.png"
+        locator.screenshot(path=str(path))
+        return path
+
+    def plot(self, nth: int = 0, within=None):
+        """The ``nth`` plotly chart in the main area (or in ``within``), once drawn."""
+        chart = (within or self.main()).locator(PLOT).nth(nth)
+        chart.wait_for(state="visible")
+        return chart
+
+    def boxes(self, locator) -> list[dict]:
+        """Bounding boxes ({x, y, width, height}, page pixels) of every visible element of ``locator``."""
+        return [box for box in (item.bounding_box() for item in locator.all()) if box and box["width"] and box["height"]]
+
+    def figure(self, chart) -> dict:
+        """What plotly drew in ``chart`` (a ``.js-plotly-plot`` element, plotly's graph div), read from its full
+        data and layout: each trace's name, type, marker size, colour, opacity and symbol, the title and the axis
+        and legend titles."""
+        return chart.evaluate("""gd => {
+            const text = part => (part && part.text) || "";
+            const layout = gd._fullLayout;
+            return {
+                traces: gd._fullData.map(t => ({name: t.name, type: t.type, visible: t.visible,
+                    marker: t.marker ? {size: t.marker.size, color: t.marker.color, opacity: t.marker.opacity,
+                                        symbol: t.marker.symbol} : null})),
+                title: text(layout.title), xaxis: text(layout.xaxis && layout.xaxis.title),
+                yaxis: text(layout.yaxis && layout.yaxis.title), legend: text(layout.legend && layout.legend.title),
+            };
+        }""")
+
+    def show_page(self, page_name: str, project: str, check: PageCheck | None = None) -> None:
+        """Open a page on ``project`` and wait until it has rendered as ``check`` (default: ``PAGE_CHECKS``)
+        says: press its buttons when the page offers them, then wait for its ready selectors and frame."""
+        check = check or PAGE_CHECKS.get(page_name, PageCheck())
+        self.open(page_name, project=project, timeout_ms=check.timeout_ms)
+        main = self.main()
+        main.locator("h1").first.wait_for()
+        for label in check.press_if_present:
+            button = main.get_by_role("button", name=label, exact=True) if isinstance(label, str) \
+                else main.get_by_role("button", name=label)
+            # Elements render a moment after the run ends: wait for the button or for what it would produce.
+            button.or_(main.locator(check.ready[-1])).first.wait_for(timeout=check.timeout_ms)
+            if button.count():
+                button.first.click()
+                self.wait_idle(check.timeout_ms)
+        for selector in check.ready:
+            main.locator(selector).first.wait_for(state="visible", timeout=check.timeout_ms)
+        if check.in_frame:
+            main.frame_locator("iframe").first.locator(check.in_frame).first.wait_for(
+                state="visible", timeout=check.timeout_ms)
+        self.wait_idle(check.timeout_ms)
+
+
+def overlap(a: dict, b: dict, margin: float = 0.0) -> bool:
+    """Whether two bounding boxes intersect (by more than ``margin`` pixels each way)."""
+    return (a["x"] + margin < b["x"] + b["width"] and b["x"] + margin < a["x"] + a["width"]
+            and a["y"] + margin < b["y"] + b["height"] and b["y"] + margin < a["y"] + a["height"])
+
+
+# ------------------------------------------------------------------------------------------ pages and checks
+# The workflow order of app/main.py.
+PAGE_ORDER = ["data", "features", "map", "graph", "walk", "compare", "evaluate", "export"]
+
+
+@dataclass(frozen=True)
+class PageCheck:
+    """What shows that a page has rendered: selectors in the main area that must all appear, a selector that must
+    appear inside an iframe (pyvis draws its graph in one), and buttons to press first when the page offers them
+    (work a user starts once and the store then keeps, e.g. a map layout)."""
+
+    ready: tuple[str, ...] = ("h1",)
+    in_frame: str | None = None
+    press_if_present: tuple[str | re.Pattern, ...] = ()  # button names (exact text or a pattern)
+    expected_errors: tuple[str, ...] = ()
+    timeout_ms: int = 60_000
+
+
+PLOT = ".js-plotly-plot"
+TABLE = '[data-testid="stDataFrame"]'
+PAGE_CHECKS = {
+    # Length histogram and source bars, and the token view with trained (assistant) tokens marked.
+    "data": PageCheck(ready=("h1", f"{PLOT} >> nth=1", ".g2is-trained")),
+    "features": PageCheck(ready=("h1", TABLE, 'text="All features are computed and cached."')),
+    # A small project's map is computed on the first visit (UMAP + MiniLM; the first UMAP compiles, ~30-60 s).
+    "map": PageCheck(ready=("h1", f"{PLOT} >> nth=1"), timeout_ms=150_000),
+    # pyvis draws the neighbourhood of the first pool row into a canvas inside the page's iframe.
+    "graph": PageCheck(ready=("h1", "iframe"), in_frame="canvas", press_if_present=("Build the graph",)),
+    # The newest stored G2IS run opens at step 0 with its charts.
+    "walk": PageCheck(ready=("h1", PLOT, "text=/Step 0 of \\d+/")),
+    # Compare runs the methods with no stored run at its default budget (one press), then plots.
+    "compare": PageCheck(ready=("h1", TABLE, PLOT), press_if_present=(re.compile(r"^Run \d+ methods?$"),)),
+    # Export writes the newest stored run and offers both downloads.
+    "export": PageCheck(ready=("h1", 'button:has-text("Download JSONL")', 'button:has-text("Download manifest")'),
+                        press_if_present=("Export",)),
+}
 
 
 def module_marks() -> list:

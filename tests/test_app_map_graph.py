@@ -73,7 +73,8 @@ def test_layouts_are_computed_once_then_read_from_the_store(explore_project):
     nodes, capped = graph_view.neighbourhood_nodes(stored_graph.graph, 0, hops=1, per_node=8)
     conflicts = int((stored_graph.graph.conflict_similarities[0] < 0).sum())  # (the centre's negative edges join)
     assert nodes[0] == 0 and len(nodes) == 9 + conflicts and not capped
-    view = graph_view.subgraph_view(store, project, index, stored_graph.graph, nodes, centre=0, points=gradient)
+    view = graph_view.subgraph_view(store, project, index, stored_graph.graph, nodes, centre=0, points=gradient,
+                                    layout="map")
     assert not view.notes
     map_colors = maps.colour_by_source(gradient).colors  # a source has the same colour on both pages
     assert view.colors == {source: map_colors[source] for source in ("math", "code", "chat")}
@@ -154,6 +155,40 @@ def test_conflict_edges_are_drawn_red_and_dashed_and_neighbourhoods_are_capped()
     assert summary.top_degree[0]["degree"] == max(d for _, d in subgraph.degree())
 
 
+def test_communities_are_laid_out_apart_and_labels_show_on_hover_past_a_few_dozen_nodes():
+    """Issue 19: at map positions a neighbourhood sat in two cramped UMAP clusters with every label drawn."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(3, 16)) * 4
+    features = np.concatenate([c + rng.normal(size=(30, 16)) for c in centres]).astype(np.float32)
+    graph = build_graph(features, k=8, k_neg=2, backend="torch")
+    nodes = list(range(90))
+    subgraph = to_networkx(graph, nodes)
+    positions, communities = graph_view.community_layout(subgraph, nodes)
+    assert sorted(n for group in communities for n in group) == nodes and len(communities) >= 3
+    assert (positions, communities) == graph_view.community_layout(subgraph, nodes)  # deterministic
+    coords = np.array([positions[n] for n in nodes])
+    nearest = np.sort(np.linalg.norm(coords[:, None] - coords[None], axis=2), axis=1)[:, 1]
+    span = np.ptp(coords, axis=0).max()
+    # Spread: no two nodes on top of each other, and a node's nearest neighbour a few percent of the drawing away.
+    assert nearest.min() > 0.005 * span and np.median(nearest) > 0.02 * span
+    # Communities apart: each community's box is disjoint from the others'.
+    boxes = [(coords[g].min(axis=0), coords[g].max(axis=0)) for g in ([nodes.index(n) for n in c] for c in communities)]
+    for i, (low_a, high_a) in enumerate(boxes):
+        for low_b, high_b in boxes[i + 1:]:
+            assert (high_a < low_b).any() or (high_b < low_a).any()
+
+    def labels(count: int) -> list[str]:
+        chosen = nodes[:count]
+        view = graph_view.GraphView(chosen, to_networkx(graph, chosen), {n: f"row-{n}" for n in chosen},
+                                    {n: "s" for n in chosen}, {n: "" for n in chosen},
+                                    {n: (float(n), 0.0) for n in chosen}, centre=0)
+        return [node["label"] for node in vis_dataset(graph_view.network_html(view), "nodes")]
+
+    assert labels(graph_view.LABELLED_NODES) == [f"row-{n}" for n in range(graph_view.LABELLED_NODES)]
+    many = labels(graph_view.LABELLED_NODES + 1)
+    assert many[0] == "row-0" and set(many[1:]) == {" "}  # the centre keeps its label; the others show on hover
+
+
 def open_page(page: str, project: str) -> AppTest:
     app = AppTest.from_file(MAIN, default_timeout=240)
     app.query_params["project"] = project
@@ -176,8 +211,15 @@ def test_map_page_draws_both_maps_colours_by_a_selection_and_lists_selected_rows
 
     app.radio[0].set_value("a selection run").run()
     assert not app.exception
-    names = {trace["name"]: len(trace["hovertext"]) for trace in figure_spec(app.get("plotly_chart")[1])["data"]}
-    assert names == {"picked by random": 10, "not picked by random": 50, "target": 6}
+    spec = figure_spec(app.get("plotly_chart")[1])
+    names = {trace["name"]: len(trace["hovertext"]) for trace in spec["data"]}
+    assert names == {"picked by random": 10, "not picked": 50, "target": 6}
+    # No legend text twice (the title was "picked by random" too), and the picks are drawn over the target stars,
+    # bigger than the rest of the pool.
+    assert spec["layout"]["legend"]["title"]["text"] == f"run {run.run_id}"
+    assert [trace["name"] for trace in spec["data"]][-2:] == ["target", "picked by random"]
+    sizes = {trace["name"]: trace["marker"]["size"] for trace in spec["data"]}
+    assert sizes["picked by random"] > sizes["not picked"]
 
     # A lasso on the gradient map: streamlit hands back the points' customdata (point indices).
     points = maps.load_map(store, project, "gradient")
@@ -207,7 +249,10 @@ def test_graph_page_builds_the_graph_once_then_shows_a_neighbourhood(explore_pro
     page = frame.proto.srcdoc
     nodes = vis_dataset(page, "nodes")
     assert nodes[0]["label"] == index.pool_ids[0] and len(nodes) > 1
+    assert not any("spring layout" in i.value for i in app.info)  # communities need no map
+    app.radio(key="graph-layout").set_value("map").run()
     assert any("spring layout" in i.value for i in app.info)  # no map stored in this copy yet
+    app.radio(key="graph-layout").set_value("communities").run()
     assert any(m.value.startswith(f"**{len(nodes)} nodes**") for m in app.markdown)
     assert [m.label for m in app.metric][:3] == ["Nodes", "Mean degree", "Components"]
 

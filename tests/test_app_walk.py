@@ -104,7 +104,7 @@ def test_a_walk_runs_from_the_page_and_steps_next_back_and_jumps(explore_project
     assert any("No walk has been run" in i.value for i in app.info)
 
     # delta = 1 on the tiny model's gradients: the walk rejects candidates as inconsistent and falls back.
-    app.radio[0].set_value("rows")
+    app.radio[0].set_value("rows").run()
     [n for n in app.number_input if n.label == "Rows"][0].set_value(12)
     [n for n in app.number_input if n.label.startswith("δ")][0].set_value(1.0)
     button(app, "Run walk").click().run()
@@ -169,7 +169,10 @@ def test_a_walk_runs_from_the_page_and_steps_next_back_and_jumps(explore_project
     assert curve_points == len(store.selection_rows(run["id"])) == run["selected"]
     variance = chart(app, "walk_variance")
     budgets = [e["budget"] for e in starts]
-    assert [f"budget {b}" in text for b, text in zip(budgets, variance["data"][0]["text"])] == [True, True]
+    # Each kept component's budget is its x-axis label (above its bar it sat on the cumulative line).
+    ticks = dict(zip(variance["layout"]["xaxis"]["tickvals"], variance["layout"]["xaxis"]["ticktext"]))
+    assert [f"budget<br>{b}" in ticks[e["component"]] for b, e in zip(budgets, starts)] == [True, True]
+    assert "text" not in variance["data"][0]
 
 
 def test_a_stored_walk_reopens_at_the_same_step_in_a_fresh_session_without_recomputing(explore_project):
@@ -216,13 +219,18 @@ def test_bad_walk_settings_show_a_message_and_store_nothing(explore_project):
     _, project = explore_project
     store = Store()
     app = open_walk(project)
-    app.radio[0].set_value("rows")
+    budget_inputs = ("Rows", "Fraction of the pool")
+    # Only the budget input of the chosen kind is shown (the kind is outside the form, so choosing reruns).
+    assert [n.label for n in app.number_input if n.label in budget_inputs] == ["Fraction of the pool"]
+    app.radio[0].set_value("rows").run()
+    assert [n.label for n in app.number_input if n.label in budget_inputs] == ["Rows"]
     [n for n in app.number_input if n.label == "Rows"][0].set_value(0)
     button(app, "Run walk").click().run()
     assert not app.exception
     assert any("budget must be at least 1 row" in e.value for e in app.error)
 
-    app.radio[0].set_value("fraction of the pool")
+    app.radio[0].set_value("fraction of the pool").run()
+    assert [n.label for n in app.number_input if n.label in budget_inputs] == ["Fraction of the pool"]
     [n for n in app.number_input if n.label.startswith("δ")][0].set_value(0.0)
     button(app, "Run walk").click().run()
     assert not app.exception
@@ -256,7 +264,7 @@ def test_partial_features_are_refused_until_the_user_allows_them(tmp_path, cache
     allow.check().run()
     assert not app.exception, app.exception
     assert any("pool: 12 of 30 rows have features" in c.value for c in app.caption)
-    app.radio[0].set_value("rows")
+    app.radio[0].set_value("rows").run()
     [n for n in app.number_input if n.label == "Rows"][0].set_value(4)
     button(app, "Run walk").click().run()
     assert not app.exception, app.exception
@@ -326,6 +334,14 @@ def test_the_walk_path_is_drawn_over_a_sampled_map_with_escaped_hover_text():
     assert path.text[1] == "pick 2 · component 0<br>&lt;b&gt;evil&lt;/b&gt;"
     star = next(t for t in figure.data if t.name == "this step")
     assert list(star.x) == [x[7]]
+    # A title and named axes; the pool is drawn in a grey dark enough to see (it was lightgrey, 4 px).
+    assert figure.layout.title.text.startswith("The walk's path on the gradient map (3 accepted rows")
+    assert (figure.layout.xaxis.title.text, figure.layout.yaxis.title.text) == ("gradient map, UMAP 1",
+                                                                                "gradient map, UMAP 2")
+    pool = next(t for t in figure.data if t.name == "pool (sample)")
+    red, green, blue = (int(pool.marker.color[i:i + 2], 16) for i in (1, 3, 5))
+    assert pool.marker.size >= 6 and (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255 < 0.65
+    assert map_backdrop(ids, roles, sources, x, y, method="pca").method == "pca"
     # No picks yet: an empty path, no error.
     empty = walk_path_figure(backdrop, [], None)
     assert len(next(t for t in empty.data if t.name == "walk so far").x) == 0

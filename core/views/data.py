@@ -170,6 +170,18 @@ class UploadOutcome:
         return [{"file": f.name, "format": f.format or "-", "rows read": f.rows, "bad rows": len(f.errors),
                  "note": f.note or ""} for f in self.files]
 
+    @property
+    def ingested_files(self) -> list[FileOutcome]:
+        """The files the role's rows now come from (an identical copy in the same upload included)."""
+        return self.files if self.ingested else []
+
+
+def saved_files(outcome: UploadOutcome, leave_out: str | None = None) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the files an ingested upload saved under ``uploads/``, without the one whose path is
+    ``leave_out``: what to ingest again when the user removes a file from the upload or changes the group
+    field.  Raises OSError when a saved file is gone."""
+    return [(f.name, Path(f.path).read_bytes()) for f in outcome.ingested_files if f.path != leave_out]
+
 
 def _user_names(text: str, names: dict[str, str]) -> str:
     for path, name in names.items():
@@ -320,6 +332,9 @@ def data_overview(store: Store, project: str, bins: int = 40) -> DataOverview:
 
 
 ROLE_COLOURS = {"pool": "#4C78A8", "targets": "#F58518"}
+# A legend in a row above the plot area: its bottom edge sits on the area's top edge (yanchor "bottom" at y=1), so
+# it never covers a bar; the top margin holds it.
+LEGEND_ABOVE = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0.0)
 
 
 def length_figure(histogram: LengthHistogram):
@@ -338,7 +353,7 @@ def length_figure(histogram: LengthHistogram):
                        opacity=0.75, customdata=labels,
                        hovertemplate=f"{role}: %{{customdata}} {histogram.unit}<br>%{{y}} rows<extra></extra>")
     figure.update_layout(barmode="overlay", xaxis_title=unit, yaxis_title="rows", height=320,
-                         margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.1))
+                         margin=dict(l=10, r=10, t=40, b=10), legend=LEGEND_ABOVE)
     return figure
 
 
@@ -359,7 +374,7 @@ def source_figure(overview: DataOverview, top: int = 25):
                        hovertemplate=f"{role}: %{{y}}<br>%{{x}} rows<extra></extra>")
     bars = max((min(len(s), top + 1) for s in overview.sources.values()), default=1)
     figure.update_layout(barmode="group", xaxis_title="rows", height=min(120 + 22 * bars * len(overview.sources), 900),
-                         margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.05),
+                         margin=dict(l=10, r=10, t=40, b=10), legend=LEGEND_ABOVE,
                          yaxis=dict(autorange="reversed"))
     return figure
 

@@ -2,8 +2,9 @@
 
 Role in the app: the Graph page's logic.  The kNN graph itself (``core.selection.graph``) is built once per feature key by
 ``core.selection.runs.project_graph`` and stored; this module reads it back by feature key only
-(``stored_graph``: no feature matrix), cuts out a subgraph of at most ``MAX_NODES`` nodes, places the nodes at
-their gradient-map positions (``core.views.map``; a spring layout when no map is stored yet), and renders it as a
+(``stored_graph``: no feature matrix), cuts out a subgraph of at most ``MAX_NODES`` nodes, lays its communities
+out apart (Louvain communities, each a spring layout in its own disc) or places the nodes at their gradient-map
+positions (``core.views.map``; a spring layout when no map is stored yet), and renders it as a
 self-contained vis-network page with physics off -- similarity edges solid, conflict (negative-cosine) edges red
 and dashed, user text shown as text in titles and labels (never as HTML).  ``graph_summary`` adds networkx
 statistics of the same subgraph.  ``stored_hubness`` and its figure and tables diagnose the whole graph
@@ -34,6 +35,8 @@ from core.views.map import PREVIEW_CHARS, MapPoints, source_colors
 
 MAX_NODES = 1_500  # vis-network stays responsive with physics off well beyond this; the browser payload does not
 DEFAULT_EDGES_PER_NODE = 8
+LABELLED_NODES = 30  # up to this many nodes each shows its row id; past it only the centre does, the rest on hover
+LAYOUTS = {"communities": "communities apart", "map": "gradient map positions"}
 CANVAS_WIDTH = 1_000  # vis-network coordinates of the drawn box (the view fits it to the frame)
 SIMILAR_STYLE = {"color": "#8AA4C8", "dashes": False}
 CONFLICT_STYLE = {"color": "#D62728", "dashes": True}
@@ -140,6 +143,7 @@ class GraphView:
     capped: bool = False
     notes: list[str] = field(default_factory=list)
     colors: dict[str, str] = field(default_factory=dict)  # source -> colour (the map's, when there is a map)
+    communities: list[list[int]] = field(default_factory=list)  # the communities layout's groups, largest first
 
     @property
     def conflict_edges(self) -> int:
@@ -158,11 +162,59 @@ def _scaled_positions(nodes: list[int], x: np.ndarray, y: np.ndarray) -> dict[in
     return {node: (float((a - xs.min()) * scale), float((ys.max() - b) * scale)) for node, a, b in zip(nodes, xs, ys)}
 
 
+COMMUNITY_GAP = 2.0  # layout units (about one node spacing) left between two communities' discs
+
+
+def community_layout(graph, nodes: Sequence[int], seed: int = 0) -> tuple[dict[int, tuple[float, float]],
+                                                                          list[list[int]]]:
+    """Positions that keep communities apart: Louvain communities of the similarity edges (networkx), each laid
+    out by a spring layout in its own disc of radius ~ sqrt(size) (so nodes keep about the same spacing in every
+    community), the discs packed row by row, largest first.  Returns (positions, communities), deterministic for
+    a seed.  The gradient map puts a neighbourhood into one or two tight UMAP clusters, where nodes and labels
+    land on top of each other."""
+    import networkx as nx
+
+    similar = nx.Graph()
+    similar.add_nodes_from(int(n) for n in nodes)
+    similar.add_edges_from((int(a), int(b), {"weight": max(float(data["weight"]), 1e-6)})
+                           for a, b, data in graph.edges(data=True) if data.get("kind") == "similar")
+    groups = nx.community.louvain_communities(similar, weight="weight", seed=seed) if similar.number_of_nodes() else []
+    communities = sorted((sorted(group) for group in groups), key=lambda group: (-len(group), group[0]))
+    discs = []
+    for members in communities:
+        if len(members) == 1:
+            discs.append((members, np.zeros((1, 2)), 0.5))
+            continue
+        layout = nx.spring_layout(similar.subgraph(members), seed=seed, iterations=60 if len(members) > 300 else 100)
+        coords = np.array([layout[node] for node in members], dtype=np.float64)
+        coords -= coords.mean(axis=0)
+        extent = float(np.sqrt((coords ** 2).sum(axis=1)).max()) or 1.0
+        radius = 1.25 * math.sqrt(len(members))
+        discs.append((members, coords * (radius / extent), radius))
+    widest = max((2 * radius + COMMUNITY_GAP for _, _, radius in discs), default=1.0)
+    row_width = max(widest, 1.3 * math.sqrt(sum((2 * radius + COMMUNITY_GAP) ** 2 for _, _, radius in discs)))
+    positions: dict[int, tuple[float, float]] = {}
+    x = y = row_height = 0.0
+    for members, coords, radius in discs:
+        size = 2 * radius + COMMUNITY_GAP
+        if x > 0 and x + size > row_width:
+            x, y, row_height = 0.0, y + row_height, 0.0
+        for node, (a, b) in zip(members, coords):
+            positions[node] = (x + size / 2 + float(a), y + size / 2 + float(b))
+        x += size
+        row_height = max(row_height, size)
+    return positions, communities
+
+
 def subgraph_view(store: Store, project: str, index: FeatureIndex, graph: GradientGraph, nodes: list[int], *,
                   centre: int | None = None, capped: bool = False, points: MapPoints | None = None,
-                  per_node: int = DEFAULT_EDGES_PER_NODE, notes: list[str] | None = None) -> GraphView:
+                  per_node: int = DEFAULT_EDGES_PER_NODE, notes: list[str] | None = None,
+                  layout: str = "communities") -> GraphView:
     """Edges among ``nodes`` (each node's ``per_node`` most similar neighbours, and its negative conflict
-    neighbours), the rows' ids, sources and text previews, and positions from the gradient map ``points``."""
+    neighbours), the rows' ids, sources and text previews, and positions: communities laid out apart
+    (``community_layout``), or with ``layout="map"`` the nodes' positions on the gradient map ``points``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown graph layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     import networkx as nx
 
     notes = list(notes or [])
@@ -174,7 +226,12 @@ def subgraph_view(store: Store, project: str, index: FeatureIndex, graph: Gradie
     sources = {node: (rows[row_id].source or "") if row_id in rows else "" for node, row_id in ids.items()}
     previews = {node: row_text(rows[row_id].messages)[:PREVIEW_CHARS] if row_id in rows else ""
                 for node, row_id in ids.items()}
-    if points is not None and points.feature_key == index.feature_key and nodes:
+    communities: list[list[int]] = []
+    if layout == "communities" and nodes:
+        placed, communities = community_layout(subgraph, nodes)
+        coords = np.array([placed[int(node)] for node in nodes])
+        positions = _scaled_positions(nodes, coords[:, 0], -coords[:, 1])  # (_scaled_positions flips y back)
+    elif points is not None and points.feature_key == index.feature_key and nodes:
         positions = _scaled_positions(nodes, points.x[nodes], points.y[nodes])
     elif nodes:
         layout = nx.spring_layout(subgraph, seed=0, weight=None)
@@ -188,7 +245,7 @@ def subgraph_view(store: Store, project: str, index: FeatureIndex, graph: Gradie
         notes.append(f"Capped at {len(nodes):,} nodes to keep the view responsive.")
     # The map's colours when there is a map (so a source has one colour on both pages), else this view's own.
     colors = source_colors(points.sources[:points.n_pool] if points is not None else sources.values())
-    return GraphView(nodes, subgraph, ids, sources, previews, positions, centre, capped, notes, colors)
+    return GraphView(nodes, subgraph, ids, sources, previews, positions, centre, capped, notes, colors, communities)
 
 
 class PlainText(str):
@@ -223,7 +280,7 @@ def network_html(view: GraphView, height: int = 650) -> str:
         x, y = view.positions.get(node, (0.0, 0.0))
         is_centre = node == view.centre
         network.add_node(
-            int(node), label=view.row_ids[node] if (is_centre or len(view.nodes) <= 60) else " ",
+            int(node), label=view.row_ids[node] if (is_centre or len(view.nodes) <= LABELLED_NODES) else " ",
             title=node_title(view.row_ids[node], view.sources[node], view.previews[node], degrees.get(node, 0)),
             color=CENTRE_COLOR if is_centre else colors.get(view.sources[node], "#97c2fc"),
             x=x, y=y, size=16 if is_centre else 8, physics=False, shape="dot",

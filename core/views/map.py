@@ -220,6 +220,7 @@ PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#F
 TARGET_COLOR = "#111111"
 PICKED_COLOR = "#D62728"
 NOT_PICKED_COLOR = "#C8C8C8"
+NOT_PICKED_LABEL = "not picked"
 
 
 def source_colors(sources) -> dict[str, str]:
@@ -229,11 +230,13 @@ def source_colors(sources) -> dict[str, str]:
 
 @dataclass
 class Colouring:
-    """Per-point legend labels and the colour of each label."""
+    """Per-point legend labels, the colour of each label, the legend's title, and the labels drawn last (in this
+    order, so the last is on top of everything): the targets, and a selection's picks above them."""
 
     labels: list[str]
     colors: dict[str, str]
     title: str
+    on_top: tuple[str, ...] = (TARGET_LABEL,)
 
 
 def colour_by_source(points: MapPoints) -> Colouring:
@@ -244,13 +247,15 @@ def colour_by_source(points: MapPoints) -> Colouring:
     return Colouring(labels, colors, "source")
 
 
-def colour_by_selection(points: MapPoints, picked_ids, name: str = "picked") -> Colouring:
-    """Pool rows in ``picked_ids`` vs the rest (targets apart)."""
+def colour_by_selection(points: MapPoints, picked_ids, name: str = "picked", title: str = "selection run") -> Colouring:
+    """Pool rows in ``picked_ids`` (labelled ``name``) vs the rest ("not picked"), targets apart; the picks are
+    drawn last, on top of the target stars.  The legend's title names what the labels are about, so no text is
+    in the legend twice."""
     picked = set(picked_ids)
-    labels = [TARGET_LABEL if role == "targets" else (name if row_id in picked else f"not {name}")
+    labels = [TARGET_LABEL if role == "targets" else (name if row_id in picked else NOT_PICKED_LABEL)
               for role, row_id in zip(points.roles, points.row_ids)]
-    return Colouring(labels, {name: PICKED_COLOR, f"not {name}": NOT_PICKED_COLOR, TARGET_LABEL: TARGET_COLOR},
-                     name)
+    return Colouring(labels, {name: PICKED_COLOR, NOT_PICKED_LABEL: NOT_PICKED_COLOR, TARGET_LABEL: TARGET_COLOR},
+                     title, on_top=(TARGET_LABEL, name))
 
 
 def selection_picks(store: Store, run_id: str) -> list[str]:
@@ -287,25 +292,37 @@ def scatter_figure(points: MapPoints, colouring: Colouring, title: str = "", dra
     """A plotly figure of the layout, one trace per label (legend toggles them).
 
     ``customdata`` holds each point's index in ``points`` so a box/lasso selection maps back to rows whatever
-    trace it hit.  ``highlight`` (label -> colour) marks labels drawn on top, bigger."""
+    trace it hit.  The colouring's ``on_top`` labels (and ``highlight``'s, label -> colour) are drawn last, in
+    order; a label drawn on top of the targets is bigger and outlined, and the stars under it are lighter, so
+    they cannot hide it."""
     import plotly.graph_objects as go
 
     drawn = np.arange(len(points)) if drawn is None else np.asarray(drawn)
     trace_type = go.Scattergl if drawn.size > WEBGL_THRESHOLD else go.Scatter
     labels = np.asarray(colouring.labels, dtype=object)
-    order = sorted(set(labels[drawn]), key=lambda label: (label == TARGET_LABEL, label in (highlight or {}), label))
+    colors = dict(colouring.colors, **(highlight or {}))
+    top = list(colouring.on_top) + [label for label in (highlight or {}) if label not in colouring.on_top]
+    order = sorted(set(labels[drawn]), key=lambda label: (top.index(label) if label in top else -1, label))
+    above_targets = TARGET_LABEL in top and any(top.index(label) > top.index(TARGET_LABEL) for label in order
+                                                if label in top)
     figure = go.Figure()
     for label in order:
         members = drawn[labels[drawn] == label]
         is_target = label == TARGET_LABEL
+        raised = label in top and not is_target
+        if is_target:
+            marker = dict(size=10 if above_targets else 11, symbol="star", opacity=0.7 if above_targets else 0.9,
+                          line=dict(width=0.5, color="#333"))
+        elif raised:
+            marker = dict(size=8, symbol="circle", opacity=1.0, line=dict(width=0.8, color="#400000"))
+        else:
+            marker = dict(size=6, symbol="circle", opacity=0.9, line=dict(width=0))
         figure.add_trace(trace_type(
             x=points.x[members], y=points.y[members], mode="markers", name=html.escape(str(label)),
             customdata=members,
             hovertext=points.hover_texts(members),
             hoverinfo="text",
-            marker=dict(color=colouring.colors.get(label, NOT_PICKED_COLOR), size=11 if is_target else 6,
-                        symbol="star" if is_target else "circle", opacity=0.9,
-                        line=dict(width=0.5, color="#333") if is_target else dict(width=0)),
+            marker=dict(color=colors.get(label, NOT_PICKED_COLOR), **marker),
         ))
     figure.update_layout(title=title, height=520, margin=dict(l=10, r=10, t=40, b=10), dragmode="lasso",
                          legend=dict(title=html.escape(colouring.title), itemsizing="constant"))

@@ -343,20 +343,26 @@ def target_variance_curve(store: Store, project: str, feature_key: str,
         return None
 
 
+def budget_tick(component: ComponentPlan) -> str:
+    """A kept component's x-axis label: its number over its budget (and the rows filled when fewer)."""
+    filled = (f"<br>filled {component.filled}"
+              if component.filled is not None and component.filled != component.budget else "")
+    return f"<b>{component.component}</b><br>budget<br>{component.budget}{filled}"  # narrow: one word a line
+
+
 def variance_figure(components: Sequence[ComponentPlan], val_k: float | None,
                     cumulative_curve: np.ndarray | None = None, tail: int = 30) -> go.Figure:
-    """Bars: each kept component's share of the target variance, labelled with its budget (and rows filled);
-    grey bars: the components beyond ``val_k`` (when the full curve is known, at most ``tail`` of them);
-    line: cumulative explained variance; dashed: the ``val_k`` cut."""
+    """Bars: each kept component's share of the target variance; grey bars: the components beyond ``val_k`` (when
+    the full curve is known, at most ``tail`` of them); line: cumulative explained variance; dashed: the ``val_k``
+    cut.  Each kept component's budget is written under its bar, in the x-axis labels: above the bars it sat
+    where the cumulative line passes (the line starts at the first bar's top)."""
     figure = go.Figure()
     kept = [c.component for c in components]
-    labels = [f"budget {c.budget}" + (f", filled {c.filled}" if c.filled is not None and c.filled != c.budget else "")
-              for c in components]
-    figure.add_bar(x=kept, y=[c.explained_variance for c in components], name="kept component", text=labels,
-                   textposition="outside",
+    figure.add_bar(x=kept, y=[c.explained_variance for c in components], name="kept component",
                    customdata=[[c.weight, c.budget] for c in components],
                    hovertemplate="component %{x}<br>explained variance %{y:.1%}<br>weight %{customdata[0]:.3f}"
-                                 "<br>budget %{customdata[1]}<extra></extra>")
+                                 "<br>budget %{customdata[1]} rows<extra></extra>")
+    rest: list[int] = []
     if cumulative_curve is not None and len(cumulative_curve) > len(kept):
         ratios = np.diff(np.concatenate([[0.0], np.asarray(cumulative_curve, dtype=float)]))
         rest = list(range(len(kept), min(len(ratios), len(kept) + tail)))
@@ -370,9 +376,16 @@ def variance_figure(components: Sequence[ComponentPlan], val_k: float | None,
     if val_k is not None:
         figure.add_hline(y=val_k, line_dash="dash", annotation_text=f"val_k = {val_k:g}",
                          annotation_position="top left")
-    figure.update_layout(xaxis_title="PCA component of the target gradients", yaxis_title="explained variance",
-                         yaxis_tickformat=".0%", yaxis_range=[0, 1.08], barmode="overlay", height=320,
-                         margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.12))
+    # Every kept component is labelled with its budget; of the grey ones every fifth gets its number.
+    step = 5 if len(rest) > 10 else 1
+    ticks = [(c.component, budget_tick(c)) for c in components]
+    ticks += [(c, str(c)) for c in rest if step == 1 or (c % step == 0 and c > len(kept))]
+    figure.update_layout(xaxis=dict(title="PCA component of the target gradients (kept ones with their budget "
+                                          "in rows)", tickmode="array", tickvals=[t for t, _ in ticks],
+                                    ticktext=[text for _, text in ticks], tickangle=0),
+                         yaxis_title="explained variance", yaxis_tickformat=".0%", yaxis_range=[0, 1.08],
+                         barmode="overlay", height=340, margin=dict(l=10, r=10, t=30, b=10),
+                         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0.0))
     return figure
 
 
@@ -411,6 +424,7 @@ class MapBackdrop:
     positions: dict[str, int]  # pool row id -> its index in all_x / all_y
     all_x: np.ndarray  # float64, every pool row
     all_y: np.ndarray
+    method: str = "umap"  # how the layout was made ("umap", or "pca" for tiny projects): the axes' names
 
     @property
     def pool_rows(self) -> int:
@@ -422,7 +436,7 @@ class MapBackdrop:
 
 
 def map_backdrop(row_ids: Sequence[str], roles: Sequence[str], sources: Sequence[str], x, y,
-                 limit: int = MAP_BACKGROUND_LIMIT, seed: int = 0) -> MapBackdrop:
+                 limit: int = MAP_BACKGROUND_LIMIT, seed: int = 0, method: str = "umap") -> MapBackdrop:
     """Prepare the map's points (fields of ``core.views.map.MapPoints``) once per page render."""
     roles_array = np.asarray(roles)
     xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -432,19 +446,26 @@ def map_backdrop(row_ids: Sequence[str], roles: Sequence[str], sources: Sequence
     target_hover = np.asarray([f"{html.escape(str(row_ids[i]))}<br>{html.escape(str(sources[i]))}" for i in targets],
                               dtype=str)
     return MapBackdrop(xs[shown].astype(np.float32), ys[shown].astype(np.float32), xs[targets], ys[targets],
-                       target_hover, {row_ids[i]: n for n, i in enumerate(pool)}, xs[pool], ys[pool])
+                       target_hover, {row_ids[i]: n for n, i in enumerate(pool)}, xs[pool], ys[pool], method)
+
+
+POOL_POINT_COLOR = "#8D99A6"  # a mid grey: the pool stays visible behind the path without competing with it
+TARGET_POINT_COLOR = "#222222"
+PATH_COLOR = "#1F77B4"
+STEP_COLOR = "crimson"
 
 
 def walk_path_figure(backdrop: MapBackdrop, picks: Sequence[Pick], current_row_id: str | None = None) -> go.Figure:
-    """The pool (sampled) and targets in grey, the accepted rows so far as a path (a line per component, NaN
-    gaps between them), and the row of the current step highlighted."""
+    """The pool (sampled) in grey and the targets in black, the accepted rows so far as a path (a line per
+    component, NaN gaps between them), and the row of the current step highlighted; titled, with the map's axes
+    named (their units mean nothing: UMAP or PCA coordinates)."""
     figure = go.Figure()
     figure.add_scattergl(x=backdrop.x, y=backdrop.y, mode="markers", hoverinfo="skip",
                          name="pool" + (" (sample)" if backdrop.sampled else ""),
-                         marker=dict(size=4, color="lightgrey"))
+                         marker=dict(size=6, color=POOL_POINT_COLOR, opacity=0.6))
     if len(backdrop.target_x):
         figure.add_scattergl(x=backdrop.target_x, y=backdrop.target_y, mode="markers", name="targets",
-                             marker=dict(size=7, symbol="diamond", color="black"), text=backdrop.target_hover,
+                             marker=dict(size=8, symbol="diamond", color=TARGET_POINT_COLOR), text=backdrop.target_hover,
                              hovertemplate="target %{text}<extra></extra>")
     placed = [(order, pick) for order, pick in enumerate(picks, start=1) if pick.row_id in backdrop.positions]
     points = np.fromiter((backdrop.positions[pick.row_id] for _, pick in placed), dtype=np.int64, count=len(placed))
@@ -455,13 +476,20 @@ def walk_path_figure(backdrop: MapBackdrop, picks: Sequence[Pick], current_row_i
     hover = np.insert(np.asarray([f"pick {order} · component {pick.component}<br>{html.escape(pick.row_id)}"
                                   for order, pick in placed], dtype=str), gaps, "")
     figure.add_scatter(x=xs, y=ys, mode="lines+markers", name="walk so far", connectgaps=False,
-                       marker=dict(size=7), line=dict(width=1.5), text=hover, hovertemplate="%{text}<extra></extra>")
+                       marker=dict(size=8, color=PATH_COLOR, line=dict(width=1, color="white")),
+                       line=dict(width=2, color=PATH_COLOR), text=hover, hovertemplate="%{text}<extra></extra>")
     current = backdrop.positions.get(current_row_id) if current_row_id is not None else None
     if current is not None:
         figure.add_scatter(x=backdrop.all_x[[current]], y=backdrop.all_y[[current]], mode="markers", name="this step",
-                           marker=dict(size=16, symbol="star", color="crimson", line=dict(width=1, color="black")),
+                           marker=dict(size=16, symbol="star", color=STEP_COLOR, line=dict(width=1, color="black")),
                            text=np.asarray([html.escape(current_row_id)], dtype=str),
                            hovertemplate="%{text}<extra></extra>")
-    figure.update_layout(height=420, margin=dict(l=10, r=10, t=30, b=10), xaxis_visible=False, yaxis_visible=False,
-                         legend=dict(orientation="h", y=1.08))
+    axis = "PCA" if backdrop.method == "pca" else "UMAP"
+    figure.update_layout(
+        title=dict(text=f"The walk's path on the gradient map ({len(placed)} accepted rows so far)", x=0.0,
+                   xanchor="left"),
+        height=460, margin=dict(l=10, r=10, t=80, b=10),
+        xaxis=dict(title=f"gradient map, {axis} 1", showticklabels=False, zeroline=False, showgrid=False),
+        yaxis=dict(title=f"gradient map, {axis} 2", showticklabels=False, zeroline=False, showgrid=False),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0.0))
     return figure
