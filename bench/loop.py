@@ -244,7 +244,7 @@ def main() -> int:
         zero = report.zero_shot
         print(f"\n{task}: {report.rows_description}; budget {random_arm.budget} rows; "
               f"{training[task].epochs} epoch(s), {training[task].generate_tokens} decoded tokens")
-        print(f"  {'method':<20}{'held-out loss':>21}{'vs random':>11}{'exact match':>14}  per-seed losses")
+        print(f"  {'method':<26}{'held-out loss':>21}{'vs random':>11}{'exact match':>14}  per-seed losses")
         for arm in report.arms:
             checked = sum(units[k].checked for k in arm.unit_keys if k in units)
             correct = sum(units[k].correct for k in arm.unit_keys if k in units)
@@ -254,7 +254,7 @@ def main() -> int:
             seeds = ", ".join("pending" if x is None else f"{x:.4f}" for x in arm.losses)
             # a variant arm goes by its quality.py label (several share a method), a method arm by its method
             name = arm.label if arm.label in by_label else arm.method
-            print(f"  {name:<20}{loss:>21}{versus:>11}{accuracy:>14}  {seeds}")
+            print(f"  {name:<26}{loss:>21}{versus:>11}{accuracy:>14}  {seeds}")
             if arm.method not in ("random", "zero-shot") and arm.mean is not None and random_arm.mean:
                 figure = name.replace("-", "_").replace("+", "_")
                 figures[f"heldout_loss_vs_random_{task}_{figure}"] = arm.mean / random_arm.mean
