@@ -316,7 +316,8 @@ def test_truncated_duckdb_file(explore_project, capsys, observed):
 @pytest.mark.reliability("fault", "truncated feature chunk (.npy)")
 def test_truncated_feature_chunk_is_reported_and_recomputed(tmp_path, cache, tiny_model_dir, capsys, observed):
     store = Store()
-    settings = tiny_settings(tiny_model_dir, chunk_rows=8)
+    # (chunks by rows only: a loaded machine must not add a time-based flush, so the chunk count is known)
+    settings = tiny_settings(tiny_model_dir, chunk_rows=8, chunk_seconds=3600.0)
     make_project(tmp_path, store, n_pool=24, settings=settings)
     run_features(store, "p", settings, log=lambda _: None)
     pool_key = plan_features(store, "p", settings).config_for("pool").key

@@ -53,7 +53,7 @@ def test_retriable_error_is_retried_and_permanent_one_stays(tmp_path, cache, tin
     too_long = [{"id": "too-long", "messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]}]
     ingest_files(store, "p", "pool", [tmp_path / "p-pool.jsonl", write_jsonl(tmp_path / "pool2.jsonl", too_long)])
     failing.fail = {2}
-    assert main(["features", "--project", "p", "--inline"]) == 0
+    assert main(["features", "--project", "p", "--inline", "--no-probe"]) == 0
     key = plan_features(store, "p", settings).config_for("pool").key
     errors = _errors(store, key)
     assert errors["too-long"][1] == "permanent"
@@ -64,7 +64,7 @@ def test_retriable_error_is_retried_and_permanent_one_stays(tmp_path, cache, tin
 
     failing.fail = set()  # the failure is gone (a bigger GPU, ...)
     capsys.readouterr()
-    assert main(["features", "--project", "p", "--inline", "--retry-errors"]) == 0
+    assert main(["features", "--project", "p", "--inline", "--no-probe", "--retry-errors"]) == 0
     out = capsys.readouterr().out
     assert "retrying 1 row(s)" in out
     observed.append(f"`features --retry-errors`: {out.splitlines()[0]}; the too-long row keeps its permanent error")
@@ -81,7 +81,7 @@ def test_too_many_failures_in_a_chunk_stop_the_job(tmp_path, cache, tiny_model_d
     settings = tiny_settings(tiny_model_dir)
     make_project(tmp_path, store, n_pool=20, settings=settings)
     failing.fail = None
-    assert main(["features", "--project", "p", "--inline"]) != 0
+    assert main(["features", "--project", "p", "--inline", "--no-probe"]) != 0
     job = store.jobs("p")[0]
     assert job.status == "failed"
     assert "rows of a chunk failed" in job.message and "Traceback (most recent call last)" in job.message
